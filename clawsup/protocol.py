@@ -1,0 +1,252 @@
+"""The wire types of the control socket: the only code the client and supervisor share.
+
+One request and one reply per ZeroMQ frame, UTF-8 JSON. A request is tagged on ``cmd``::
+
+    {"cmd": "restart", "program": "gateway"}
+
+A reply is ``{"ok": true, ...}`` or
+``{"ok": false, "error": {"code": "...", "message": "..."}}``.
+
+Events on the PUB socket are single-frame JSON objects with ``ts``, ``kind``, ``program``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class _Request(msgspec.Struct, tag_field="cmd", frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Status(_Request, tag="status"):
+    pass
+
+
+class Start(_Request, tag="start"):
+    program: str | None = None
+    wait: bool = True
+
+
+class Stop(_Request, tag="stop"):
+    program: str | None = None
+    wait: bool = True
+
+
+class Restart(_Request, tag="restart"):
+    program: str | None = None
+    wait: bool = True
+    reason: str | None = None
+
+
+class Signal(_Request, tag="signal"):
+    signal: str
+    program: str | None = None
+
+
+class SetModel(_Request, tag="set_model"):
+    model: str
+
+
+class SetTimezone(_Request, tag="set_timezone"):
+    timezone: str
+
+
+class Health(_Request, tag="health"):
+    pass
+
+
+class Reload(_Request, tag="reload"):
+    pass
+
+
+class Shutdown(_Request, tag="shutdown"):
+    pass
+
+
+class Version(_Request, tag="version"):
+    pass
+
+
+class Incidents(_Request, tag="incidents"):
+    since: float | None = None  # seconds before now
+    limit: int = 20
+
+
+Request = (
+    Status
+    | Start
+    | Stop
+    | Restart
+    | Signal
+    | SetModel
+    | SetTimezone
+    | Health
+    | Reload
+    | Shutdown
+    | Version
+    | Incidents
+)
+
+COMMANDS: tuple[str, ...] = (
+    "status",
+    "start",
+    "stop",
+    "restart",
+    "signal",
+    "set_model",
+    "set_timezone",
+    "health",
+    "reload",
+    "shutdown",
+    "version",
+    "incidents",
+)
+# Safe to send twice: the client retries only these after a timeout.
+IDEMPOTENT_COMMANDS = frozenset({"status", "health", "version", "incidents"})
+
+
+class ErrorInfo(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+
+
+# Error codes a reply may carry.
+BAD_REQUEST = "bad_request"
+UNKNOWN_COMMAND = "unknown_command"
+UNKNOWN_PROGRAM = "unknown_program"
+BAD_VALUE = "bad_value"
+INVALID_STATE = "invalid_state"
+FAILED = "failed"
+TOO_LARGE = "too_large"
+INTERNAL = "internal"
+
+
+class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: Literal[False] = False
+    error: ErrorInfo
+
+
+class LastExit(msgspec.Struct, frozen=True, kw_only=True):
+    code: int | None = None
+    signal: str | None = None
+    reason: str = ""
+    at: float = 0.0  # wall-clock time of the exit
+
+    def describe(self) -> str:
+        what = f"signal {self.signal}" if self.signal else f"exit {self.code}"
+        return f"{what} ({self.reason})" if self.reason else what
+
+
+class BreakerStatus(msgspec.Struct, frozen=True, kw_only=True):
+    state: Literal["closed", "open", "half_open"]
+    model: str | None = None
+    active_model: str | None = None
+    failures: int = 0
+    open_until: float | None = None
+
+
+class ProgramStatus(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    state: str
+    pid: int | None
+    restarts: int
+    uptime: float | None
+    last_exit: LastExit | None
+    main: bool = False
+    hung: bool = False
+    unkillable: bool = False
+    liveness: Literal["unknown", "passing", "failing", "off"] = "off"
+    next_start_in: float | None = None
+    description: str = ""
+
+
+class StatusReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: Literal[True] = True
+    programs: list[ProgramStatus]
+    supervisor_pid: int
+    supervisor_uptime: float
+    version: str
+    model: str | None = None
+    timezone: str | None = None
+    breaker: BreakerStatus | None = None
+
+
+class HealthReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: Literal[True] = True
+    healthy: bool
+    reasons: list[str] = []
+
+
+class ProgramReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: Literal[True] = True
+    program: str
+    state: str
+    pid: int | None = None
+    message: str = ""
+
+
+class SettingReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Reply to set_model / set_timezone: what the value was and what it is now."""
+
+    ok: Literal[True] = True
+    key: str
+    old: str | None
+    new: str
+    applied: str  # "reload", "restart" or "pending"
+
+
+class VersionReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: Literal[True] = True
+    version: str
+    protocol: int = PROTOCOL_VERSION
+
+
+class DoneReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: Literal[True] = True
+    message: str = ""
+
+
+class Incident(msgspec.Struct, frozen=True, kw_only=True):
+    ts: float
+    kind: str
+    program: str | None = None
+    message: str = ""
+    data: dict[str, Any] = {}
+
+
+class IncidentsReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: Literal[True] = True
+    counts: dict[str, dict[str, int]]  # day (YYYY-MM-DD) -> kind -> count
+    latest: list[Incident]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One PUB-socket event (and incident-log line)."""
+
+    ts: float
+    kind: str
+    program: str | None = None
+    message: str = ""
+    data: dict[str, Any] = {}
+
+
+_encoder = msgspec.json.Encoder()
+_request_decoder = msgspec.json.Decoder(Request)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_request(frame: bytes) -> Request:
+    """Decode one request frame; raises msgspec.DecodeError/ValidationError on bad input."""
+    return _request_decoder.decode(frame)
+
+
+def error_reply(code: str, message: str) -> ErrorReply:
+    return ErrorReply(error=ErrorInfo(code=code, message=message))

@@ -1,0 +1,386 @@
+"""The configuration: one frozen, typed struct built once from TOML.
+
+Components take the part they need (``Config.janitor``, ``Config.programs[name]``...).
+Every error names the file, the key and what was expected, as one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from clawsup.units import Duration, Size, parse_duration, parse_size
+
+DEFAULT_CONFIG_PATH = "/etc/clawsup/clawsup.toml"
+
+ALERT_EVENT_KINDS = frozenset(
+    {
+        "hung",
+        "fatal",
+        "crash_loop",
+        "message_timeout",
+        "breaker_open",
+        "breaker_closed",
+        "zombie_leak",
+        "liveness_failed",
+        "unkillable",
+        "exited",
+        "orphan_lock",
+        "session_archived",
+    }
+)
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names file, key and expectation."""
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+def _signal_number(name: str) -> int:
+    """``"SIGTERM"``, ``"TERM"`` or ``"15"`` -> 15; ValueError otherwise."""
+    text = name.strip().upper()
+    if text.isdigit():
+        number = int(text)
+        if number in {s.value for s in signal.Signals}:
+            return number
+    else:
+        if not text.startswith("SIG"):
+            text = "SIG" + text
+        try:
+            return signal.Signals[text].value
+        except KeyError:
+            pass
+    raise ValueError(f"expected a signal name like 'SIGTERM', got {name!r}")
+
+
+class SupervisorConfig(_Section):
+    run_dir: str = "/run/clawsup"
+    state_dir: str = "/var/lib/clawsup"
+    exit_on_fatal: bool = True
+    # Extra control endpoint, e.g. "tcp://0.0.0.0:7777". Only with CURVE keys: an
+    # unauthenticated TCP control port is never opened (Circus' mistake).
+    control_tcp: str | None = None
+    curve_secret_key_file: str | None = None
+    curve_authorized_keys_dir: str | None = None
+    # Largest control frame accepted (ZMQ_MAXMSGSIZE); larger ones drop the peer.
+    max_request_size: Size = Size(1 << 20)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def __post_init__(self) -> None:
+        if self.control_tcp is not None:
+            if not self.control_tcp.startswith("tcp://"):
+                raise ValueError("control_tcp must be a tcp:// endpoint")
+            if self.curve_secret_key_file is None:
+                raise ValueError(
+                    "control_tcp needs curve_secret_key_file: "
+                    "an unauthenticated TCP control port is never opened"
+                )
+
+
+class Backoff(_Section):
+    initial: Duration = Duration(0.5)
+    factor: float = 2.0
+    max: Duration = Duration(30.0)
+    reset_after: Duration = Duration(60.0)
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.factor < 1.0:
+            raise ValueError(f"backoff factor must be >= 1.0, got {self.factor}")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError(f"backoff jitter must be between 0 and 1, got {self.jitter}")
+        if self.max < self.initial:
+            raise ValueError("backoff max must not be below initial")
+
+
+class CrashLoop(_Section):
+    max_restarts: int = 5
+    window: Duration = Duration(60.0)
+    cooldown: Duration = Duration(300.0)
+
+    def __post_init__(self) -> None:
+        if self.max_restarts < 1:
+            raise ValueError(f"max_restarts must be >= 1, got {self.max_restarts}")
+
+
+class Hang(_Section):
+    d_state_after: Duration = Duration(10.0)
+    sample_interval: Duration = Duration(1.0)
+    zombie_children_max: int = 50
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sample_interval <= 0:
+            raise ValueError("sample_interval must be above 0")
+        if self.zombie_children_max < 0:
+            raise ValueError("zombie_children_max must be >= 0")
+
+
+class Liveness(_Section):
+    http: str | None = None
+    tcp: str | None = None
+    exec: list[str] | None = None
+    period: Duration = Duration(30.0)
+    timeout: Duration = Duration(5.0)
+    failures: int = 3
+    initial_delay: Duration = Duration(30.0)
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("http", "tcp", "exec") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"liveness needs exactly one of http, tcp or exec, got {given or 'none'}"
+            )
+        if self.http is not None and not self.http.startswith("http://"):
+            raise ValueError(f"liveness http must be an http:// URL, got {self.http!r}")
+        if self.tcp is not None:
+            host, sep, port = self.tcp.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"liveness tcp must be HOST:PORT, got {self.tcp!r}")
+        if self.exec is not None and not self.exec:
+            raise ValueError("liveness exec must be a non-empty command list")
+        if self.failures < 1:
+            raise ValueError("liveness failures must be >= 1")
+        if self.period <= 0 or self.timeout <= 0:
+            raise ValueError("liveness period and timeout must be above 0")
+
+
+class ProgramConfig(_Section):
+    command: list[str]
+    main: bool = False
+    environment: dict[str, str] = {}
+    directory: str | None = None
+    user: str | None = None
+    autostart: bool = True
+    autorestart: Literal["always", "on-failure", "never"] = "always"
+    # Exit codes that count as success for autorestart = "on-failure".
+    exit_codes: list[int] = msgspec.field(default_factory=lambda: [0])
+    start_seconds: Duration = Duration(1.0)
+    stop_signal: str = "SIGTERM"
+    stop_timeout: Duration = Duration(10.0)
+    backoff: Backoff = Backoff()
+    crash_loop: CrashLoop = CrashLoop()
+    hang: Hang = Hang()
+    liveness: Liveness | None = None
+
+    def __post_init__(self) -> None:
+        if not self.command or not all(self.command):
+            raise ValueError("command must be a non-empty list of non-empty strings")
+        _signal_number(self.stop_signal)
+
+    @property
+    def stop_signal_number(self) -> int:
+        return _signal_number(self.stop_signal)
+
+
+class JanitorConfig(_Section):
+    sessions: list[str] = msgspec.field(
+        default_factory=lambda: ["~/.clawdbot/agents/*/sessions"]
+    )
+    interval: Duration = Duration(5.0)
+    max_session_size: Size = Size(10 << 20)
+    lock_max_age: Duration = Duration(300.0)
+    message_timeout: Duration = Duration(600.0)
+    archive_retention: Duration = Duration(7 * 86400.0)
+    restart_flag: str | None = "~/.clawdbot/restart.flag"
+    ops_requests: str | None = "~/.clawdbot/ops-requests"
+    # Full pass even when inotify saw nothing: the safety net for missed events.
+    full_pass_every: Duration = Duration(60.0)
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0:
+            raise ValueError("interval must be above 0")
+
+
+class GatewayConfigFile(_Section):
+    path: str = "~/.clawdbot/clawdbot.json"
+    model_key: str = "agents.defaults.model.primary"
+    timezone_key: str = "agents.defaults.userTimezone"
+    # How a change reaches the gateway: its own file watcher ("reload") or a restart.
+    apply: Literal["reload", "restart"] = "reload"
+    allowed_models: list[str] = []
+    # Which program the settings belong to; the main program when left out.
+    program: str | None = None
+
+
+class BreakerConfig(_Section):
+    fallbacks: list[str] = []
+    failures: int = 3
+    window: Duration = Duration(600.0)
+    cooldown: Duration = Duration(300.0)
+    max_cooldown: Duration = Duration(3600.0)
+
+    def __post_init__(self) -> None:
+        if self.failures < 1:
+            raise ValueError("breaker failures must be >= 1")
+
+
+class TelegramConfig(_Section):
+    chat_id: str
+    token_env: str = "CLAWSUP_TELEGRAM_TOKEN"
+    api_base: str = "https://api.telegram.org"
+    timeout: Duration = Duration(10.0)
+
+
+class WebhookConfig(_Section):
+    url: str
+    timeout: Duration = Duration(10.0)
+
+
+class AlertsConfig(_Section):
+    events: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "hung", "fatal", "crash_loop", "message_timeout", "breaker_open", "zombie_leak"
+        ]
+    )
+    quiet_period: Duration = Duration(600.0)
+    queue_size: int = 100
+    retries: int = 5
+    telegram: TelegramConfig | None = None
+    webhook: WebhookConfig | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.events) - ALERT_EVENT_KINDS)
+        if unknown:
+            raise ValueError(
+                f"unknown alert event kinds {unknown}; known: {sorted(ALERT_EVENT_KINDS)}"
+            )
+
+
+class MetricsConfig(_Section):
+    listen: str = "127.0.0.1:9464"
+
+
+class Config(_Section):
+    programs: dict[str, ProgramConfig]
+    supervisor: SupervisorConfig = SupervisorConfig()
+    janitor: JanitorConfig = JanitorConfig()
+    gateway_config: GatewayConfigFile = GatewayConfigFile()
+    breaker: BreakerConfig | None = None
+    alerts: AlertsConfig | None = None
+    metrics: MetricsConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not self.programs:
+            raise ValueError("at least one [programs.NAME] table is required")
+        mains = [name for name, program in self.programs.items() if program.main]
+        if len(mains) != 1:
+            raise ValueError(
+                f"exactly one program must have main = true, got {len(mains)}"
+                + (f" ({', '.join(mains)})" if mains else "")
+            )
+        if self.gateway_config.program is not None and (
+            self.gateway_config.program not in self.programs
+        ):
+            raise ValueError(
+                f"gateway_config.program names {self.gateway_config.program!r}, "
+                "which is not a program"
+            )
+
+    @property
+    def main_program(self) -> str:
+        return next(name for name, program in self.programs.items() if program.main)
+
+
+def _dec_hook(kind: type, value: Any) -> Any:
+    if kind is Duration:
+        return parse_duration(value)
+    if kind is Size:
+        return parse_size(value)
+    raise NotImplementedError(f"cannot decode {kind}")
+
+
+def expand_path(path: str) -> Path:
+    """``~`` and ``$VAR`` expanded at load time; the result is absolute."""
+    return Path(os.path.expandvars(os.path.expanduser(path))).absolute()
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _pretty_error(path: str, error: msgspec.ValidationError, prefix: str = "") -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.programs.gateway.hang.x`";
+    # operators want "file: programs.gateway.hang.x: expected int, got str".
+    text = str(error)
+    message, sep, where = text.rpartition(" - at `")
+    if not sep:
+        message, where = text, "$"
+    key = ".".join(
+        part for part in (prefix, where.rstrip("`").removeprefix("$").lstrip(".")) if part
+    )
+    message = message.replace("`", "")
+    if message.startswith("Object contains unknown field"):
+        field = message.split("unknown field", 1)[1].strip()
+        return f"{path}: {key}.{field}: unknown key" if key else f"{path}: {field}: unknown key"
+    if not key:
+        return f"{path}: {message[:1].lower()}{message[1:]}"
+    return f"{path}: {key}: {message[:1].lower()}{message[1:]}"
+
+
+def _unknown_top_level(path: str, error: msgspec.ValidationError) -> str:
+    text = str(error).replace("`", "")
+    if text.startswith("Object contains unknown field"):
+        return f"{path}: {text.split('unknown field', 1)[1].strip()}: unknown key"
+    return f"{path}: {text[:1].lower()}{text[1:]}"
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
+    programs = raw.get("programs")
+    if isinstance(programs, dict):
+        # msgspec reports a dict value's path as "programs[...]": check each program on
+        # its own first so the error can name it.
+        for name, program in programs.items():
+            try:
+                msgspec.convert(program, ProgramConfig, dec_hook=_dec_hook)
+            except msgspec.ValidationError as error:
+                raise ConfigError(
+                    _pretty_error(source, error, prefix=f"programs.{name}")
+                ) from None
+    try:
+        return msgspec.convert(raw, Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as error:
+        if " - at `" in str(error):
+            raise ConfigError(_pretty_error(source, error)) from None
+        raise ConfigError(_unknown_top_level(source, error)) from None
+
+
+def load_config(*paths: str | Path) -> Config:
+    """Read one TOML file, or several merged in order (later keys win), into a Config."""
+    if not paths:
+        raise ConfigError("no config file given")
+    merged: dict[str, Any] = {}
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                raw = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except PermissionError:
+            raise ConfigError(f"{path}: permission denied") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory, not a config file") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text: {error}") from None
+        merged = _merge(merged, raw)
+    return parse_config(merged, ", ".join(str(p) for p in paths))
+
+
+def default_config_path() -> str:
+    return os.environ.get("CLAWSUP_CONFIG") or DEFAULT_CONFIG_PATH
