@@ -225,6 +225,19 @@ class IncidentsReply(msgspec.Struct, frozen=True, kw_only=True):
     latest: list[Incident]
 
 
+# Every reply the supervisor's handler may return to the control server.
+Reply = (
+    StatusReply
+    | HealthReply
+    | ProgramReply
+    | SettingReply
+    | VersionReply
+    | DoneReply
+    | IncidentsReply
+    | ErrorReply
+)
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     """One PUB-socket event (and incident-log line)."""
 

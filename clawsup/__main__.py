@@ -1,0 +1,3 @@
+from clawsup.cli import main
+
+main()

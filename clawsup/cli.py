@@ -1,0 +1,78 @@
+"""``clawsup run | check | demo``: the supervisor's own command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from clawsup import __version__
+
+# Exit status for an unusable config: nothing was started.
+EXIT_CONFIG = 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s clawsup %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _config_paths(paths: tuple[str, ...]) -> list[str]:
+    from clawsup.supervisor.config import default_config_path
+
+    return list(paths) or [default_config_path()]
+
+
+@click.group()
+@click.version_option(__version__, prog_name="clawsup")
+def main() -> None:
+    """A PID-1 process supervisor for the Clawdbot gateway."""
+
+
+@main.command()
+@click.option("-c", "--config", "paths", multiple=True, metavar="FILE",
+              help="Config file (default $CLAWSUP_CONFIG, then /etc/clawsup/clawsup.toml). "
+                   "Given twice, the second overrides keys of the first.")
+def run(paths: tuple[str, ...]) -> None:
+    """Run the supervisor in the foreground (the container's ENTRYPOINT)."""
+    from clawsup.supervisor.config import ConfigError, load_config
+
+    files = _config_paths(paths)
+    try:
+        config = load_config(*files)
+    except ConfigError as error:
+        click.echo(f"clawsup: {error}", err=True)
+        sys.exit(EXIT_CONFIG)
+    _setup_logging(config.supervisor.log_level)
+    from clawsup.supervisor.service import run_service
+
+    sys.exit(run_service(config, files))
+
+
+@main.command()
+@click.option("-c", "--config", "paths", multiple=True, metavar="FILE",
+              help="Config file to validate (default $CLAWSUP_CONFIG, then "
+                   "/etc/clawsup/clawsup.toml).")
+def check(paths: tuple[str, ...]) -> None:
+    """Validate a config; print what is wrong with file and key."""
+    from clawsup.supervisor.config import ConfigError, load_config
+
+    files = _config_paths(paths)
+    try:
+        config = load_config(*files)
+    except ConfigError as error:
+        click.echo(f"clawsup: {error}", err=True)
+        sys.exit(EXIT_CONFIG)
+    names = ", ".join(
+        f"{name} (main)" if program.main else name for name, program in config.programs.items()
+    )
+    click.echo(f"{', '.join(files)}: ok; programs: {names}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,582 @@
+"""The supervisor's event loop: signals, the one reaper, timers, samplers and all I/O.
+
+Read ``Supervisor.run`` first: it is the list of steps, tini-style. Everything that
+changes a program's state goes through ``Program`` (program.py); this module only turns
+the world (signals, exit statuses, /proc samples, probe results, requests) into calls on
+it, and carries out what it asks for (spawn, kill, timers, events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from clawsup import __version__
+from clawsup.protocol import Event, HealthReply, ProgramStatus
+from clawsup.supervisor import hang, procinfo
+from clawsup.supervisor.config import Config, ConfigError, ProgramConfig, load_config
+from clawsup.supervisor.probes import http_probe, tcp_probe
+from clawsup.supervisor.program import Program, SpawnError, State, TimerHandle
+from clawsup.supervisor.spawn import Spawned, reset_signal_state, spawn
+
+log = logging.getLogger("clawsup")
+
+PR_SET_CHILD_SUBREAPER = 36
+# Lines longer than this are cut; a program printing megabytes without a newline must
+# not make the supervisor buffer them.
+MAX_LINE = 64 * 1024
+
+EventSink = Callable[[Event], None]
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+@dataclass
+class _Child:
+    """A process we spawned, until the reaper has its status."""
+
+    program: Program | None  # None for probe commands
+    spawned: Spawned
+    on_exit: Callable[[int], None] | None = None
+    group_pids: set[int] = field(default_factory=set)  # descendants seen while it ran
+
+
+@dataclass
+class _Watch:
+    """Per-program sampling state (D state, zombies, liveness)."""
+
+    d_state: hang.DState = hang.NOT_IN_D
+    liveness: hang.Liveness = hang.Liveness()
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        config_paths: list[str] | None = None,
+        clock: SystemClock | None = None,
+    ) -> None:
+        self.config = config
+        self.config_paths = config_paths or []
+        self.clock = clock or SystemClock()
+        self.programs: dict[str, Program] = {}
+        self.sinks: list[EventSink] = []
+        self.started_at = self.clock.monotonic()
+        self.orphans_reaped = 0
+        self._children: dict[int, _Child] = {}
+        self._watches: dict[str, _Watch] = {}
+        self._relays: dict[int, tuple[str, int, bytearray]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._shutdown_requested: asyncio.Event | None = None
+        self._exit_code: int | None = None
+        self._state_waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._random = random.Random()
+        # Hooks other components (janitor, control plane) attach to.
+        self.exit_hooks: list[Callable[[Program, set[int]], None]] = []
+
+    # -- the steps ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Supervise until told to stop; return the exit status for the container."""
+        self._loop = asyncio.get_running_loop()
+        self._shutdown_requested = asyncio.Event()
+        # 1. Orphans must come to us: as PID 1 they do anyway; otherwise ask the kernel.
+        self._become_subreaper()
+        # 2. Whatever mask or ignored signals we inherited must not reach the programs.
+        reset_signal_state()
+        # 3. Signals become events on the loop (wakeup fd), never work in a handler.
+        self._install_signal_handlers()
+        # 4. Reap anything that exited before we were ready (inherited children).
+        self._reap()
+        # 5. Start the programs in the order the config lists them.
+        for name, program_config in self.config.programs.items():
+            self._add_program(name, program_config)
+        for program in list(self.programs.values()):
+            if program.config.autostart:
+                program.start("autostart")
+        # 6. Wait for a stop signal, a shutdown request or a FATAL main program.
+        await self._shutdown_requested.wait()
+        # 7. Stop everything in reverse order, then report the main program's status.
+        await self._stop_all()
+        self._reap()
+        self._remove_signal_handlers()
+        for watch in self._watches.values():
+            for task in watch.tasks:
+                task.cancel()
+        return self._final_status()
+
+    def request_shutdown(self, exit_code: int | None = None) -> None:
+        if exit_code is not None and self._exit_code is None:
+            self._exit_code = exit_code
+        if self._shutdown_requested is not None:
+            self._shutdown_requested.set()
+
+    @property
+    def main(self) -> Program:
+        return next(p for p in self.programs.values() if p.config.main)
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def _become_subreaper(self) -> None:
+        if os.getpid() == 1:
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            log.warning(
+                "cannot become a child subreaper (%s): orphaned grandchildren will not be "
+                "reaped by clawsup", os.strerror(ctypes.get_errno())
+            )
+
+    def _install_signal_handlers(self) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
+            loop.add_signal_handler(signum, self._forward_to_main, signum)
+
+    def _remove_signal_handlers(self) -> None:
+        assert self._loop is not None
+        for signum in (
+            signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
+            signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH,
+        ):
+            self._loop.remove_signal_handler(signum)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._shutdown_requested is not None and self._shutdown_requested.is_set():
+            log.info("got %s again, already stopping", name)
+            return
+        log.info("got %s, stopping all programs", name)
+        self.request_shutdown()
+
+    def _on_reload_signal(self) -> None:
+        log.info("got SIGHUP, reloading the config")
+        error = self.reload()
+        if error:
+            log.error("%s", error)
+
+    def _forward_to_main(self, signum: int) -> None:
+        pid = self.main.pid
+        if pid is None:
+            log.warning("not forwarding %s: %s is not running", signal.Signals(signum).name,
+                        self.main.name)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    # -- the reaper ---------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        """The one reaper: collect every status until waitpid says there is none left.
+
+        SIGCHLD is not queued: one delivery can stand for many exits, so a single waitpid
+        per signal would leave zombies behind.
+        """
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return  # ECHILD: no children at all
+            if pid == 0:
+                return  # children exist, none has exited
+            child = self._children.pop(pid, None)
+            if child is None:
+                self.orphans_reaped += 1
+                continue
+            # Popen must never poll this pid again (see spawn.py).
+            child.spawned.popen.returncode = status
+            if child.on_exit is not None:
+                child.on_exit(status)
+            if child.program is not None:
+                self._program_exited(child, status)
+
+    def _program_exited(self, child: _Child, status: int) -> None:
+        program = child.program
+        assert program is not None
+        pid = child.spawned.pid
+        # The rest of its process group (a grandchild that outlived its parent) goes too:
+        # a half-dead gateway tree would hold the port and the session locks.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        pids = {pid} | child.group_pids
+        # Before the program can be started again: its locks must be gone first.
+        for hook in self.exit_hooks:
+            try:
+                hook(program, pids)
+            except Exception:
+                log.exception("exit hook failed for %s", program.name)
+        watch = self._watches.get(program.name)
+        if watch is not None:
+            watch.d_state = hang.NOT_IN_D
+            watch.liveness = hang.Liveness()
+        program.exited(status)
+
+    # -- Effects for Program --------------------------------------------------------------------
+
+    def spawn(self, program: Program) -> int:
+        spawned = spawn(program.name, program.config, program.extra_environment)
+        self._children[spawned.pid] = _Child(program=program, spawned=spawned)
+        self._relay_output(program.name, spawned.stdout, 1)
+        self._relay_output(program.name, spawned.stderr, 2)
+        return spawned.pid
+
+    def kill(self, program: Program, signum: int) -> None:
+        pid = program.pid
+        if pid is None:
+            return
+        try:
+            # process_group=0 at spawn: the group id is the leader's pid.
+            os.killpg(pid, signum)
+        except ProcessLookupError:
+            # ESRCH: the whole group is gone already; its exit status is on its way.
+            log.debug("process group %d of %s already gone", pid, program.name)
+        except PermissionError as error:
+            log.error("cannot signal %s (pid %d): %s", program.name, pid, error)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        assert self._loop is not None
+        return self._loop.call_later(delay, callback)
+
+    def random(self) -> float:
+        return self._random.random()
+
+    def publish(self, program: Program | None, kind: str, message: str,
+                data: dict[str, Any]) -> None:
+        self.emit(kind, program.name if program else None, message, data)
+
+    def emit(self, kind: str, program: str | None, message: str,
+             data: dict[str, Any] | None = None) -> None:
+        event = Event(ts=self.clock.time(), kind=kind, program=program, message=message,
+                      data=data or {})
+        if kind == "state":
+            log.info("%s", message)
+        elif kind in ("backoff",):
+            log.info("%s", message)
+        elif kind not in ("reaped",):
+            log.warning("%s", message)
+        for sink in self.sinks:
+            try:
+                sink(event)
+            except Exception:
+                log.exception("event sink %r failed", sink)
+
+    def transitioned(self, program: Program, old: State, new: State) -> None:
+        if new is State.FATAL and program.config.main and self.config.supervisor.exit_on_fatal:
+            log.error("%s is FATAL and exit_on_fatal is set: exiting so the container "
+                      "restarts", program.name)
+            self.emit("fatal", program.name, f"{program.name} is FATAL, clawsup exits")
+            self.request_shutdown(exit_code=self._fatal_status(program))
+        elif new is State.FATAL:
+            self.emit("fatal", program.name, f"{program.name} is FATAL")
+        for predicate, future in list(self._state_waiters):
+            if not future.done() and predicate():
+                future.set_result(None)
+        self._state_waiters = [(p, f) for p, f in self._state_waiters if not f.done()]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait until ``predicate`` holds after some state change; False on timeout."""
+        if predicate():
+            return True
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._state_waiters.append((predicate, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- output ------------------------------------------------------------------------------
+
+    def _relay_output(self, name: str, fd: int, target: int) -> None:
+        assert self._loop is not None
+        self._relays[fd] = (name, target, bytearray())
+        self._loop.add_reader(fd, self._read_output, fd)
+
+    def _read_output(self, fd: int) -> None:
+        name, target, pending = self._relays[fd]
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            log.debug("output of %s: %s", name, error)
+            chunk = b""
+        if not chunk:
+            assert self._loop is not None
+            self._loop.remove_reader(fd)
+            del self._relays[fd]
+            os.close(fd)
+            if pending:
+                self._write_lines(name, target, bytes(pending) + b"\n")
+            return
+        pending.extend(chunk)
+        cut = pending.rfind(b"\n")
+        if cut >= 0:
+            self._write_lines(name, target, bytes(pending[: cut + 1]))
+            del pending[: cut + 1]
+        if len(pending) > MAX_LINE:
+            self._write_lines(name, target, bytes(pending) + b"\n")
+            pending.clear()
+
+    def _write_lines(self, name: str, target: int, data: bytes) -> None:
+        prefix = name.encode() + b" | "
+        out = b"".join(prefix + line + b"\n" for line in data.splitlines())
+        try:
+            os.write(target, out)
+        except BlockingIOError:
+            # The container log pipe is full: drop rather than stall supervision.
+            return
+        except BrokenPipeError:
+            return
+
+    # -- programs -----------------------------------------------------------------------------
+
+    def _add_program(self, name: str, program_config: ProgramConfig) -> Program:
+        program = Program(name=name, config=program_config, effects=self, clock=self.clock)
+        self.programs[name] = program
+        watch = _Watch()
+        self._watches[name] = watch
+        assert self._loop is not None
+        if program_config.hang.enabled:
+            watch.tasks.append(self._loop.create_task(self._sample_loop(program, watch)))
+        if program_config.liveness is not None:
+            watch.tasks.append(self._loop.create_task(self._liveness_loop(program, watch)))
+        return program
+
+    async def _stop_all(self) -> None:
+        for program in reversed(list(self.programs.values())):
+            program.stop("shutdown")
+            await self.wait_for(
+                lambda p=program: p.state not in (State.STOPPING,) or p.unkillable,  # type: ignore[misc]
+                None,
+            )
+
+    def _fatal_status(self, program: Program) -> int:
+        last = program.last_exit
+        if last is not None and last.code:
+            return last.code
+        return 1
+
+    def _final_status(self) -> int:
+        if self._exit_code is not None:
+            return self._exit_code
+        last = self.main.last_exit
+        if last is None:
+            return 0
+        if last.signal is not None:
+            try:
+                return 128 + signal.Signals[last.signal].value
+            except KeyError:
+                return 1
+        return last.code or 0
+
+    # -- hang detection ---------------------------------------------------------------------
+
+    async def _sample_loop(self, program: Program, watch: _Watch) -> None:
+        while True:
+            await asyncio.sleep(program.config.hang.sample_interval)
+            self.sample(program, watch)
+
+    def sample(self, program: Program, watch: _Watch) -> None:
+        pid = program.pid
+        if pid is None or program.state not in (State.STARTING, State.RUNNING):
+            watch.d_state = hang.NOT_IN_D
+            return
+        now = self.clock.monotonic()
+        child = self._children.get(pid)
+        state = procinfo.run_state(pid)
+        switches = procinfo.context_switches(pid) if state == "D" else None
+        watch.d_state = hang.track_d_state(watch.d_state, state, switches, now)
+        settings = program.config.hang
+        if hang.is_hung(watch.d_state, now, settings.d_state_after):
+            seconds = hang.d_state_seconds(watch.d_state, now)
+            description = f"state: D for {seconds:.1f}s"
+            self.emit("hung", program.name,
+                      f"{program.name} is hung ({description}), restarting",
+                      {"state": "D", "seconds": round(seconds, 3), "pid": pid,
+                       "reason": "hung"})
+            watch.d_state = hang.NOT_IN_D
+            program.hang_detected(description)
+            return
+        tree = procinfo.descendants(pid)
+        if child is not None:
+            child.group_pids.update(tree)
+        zombies = [p for p in tree if procinfo.run_state(p) == "Z"]
+        if program.state is State.RUNNING and hang.is_zombie_leak(
+            len(zombies), settings.zombie_children_max
+        ):
+            self.emit("zombie_leak", program.name,
+                      f"{program.name} leaks zombies ({len(zombies)} > "
+                      f"{settings.zombie_children_max}), restarting",
+                      {"zombies": len(zombies), "reason": "zombie_leak"})
+            program.restart("zombie_leak")
+
+    # -- liveness -----------------------------------------------------------------------------
+
+    async def _liveness_loop(self, program: Program, watch: _Watch) -> None:
+        settings = program.config.liveness
+        assert settings is not None
+        while True:
+            await asyncio.sleep(min(settings.period, 1.0) if program.state is not State.RUNNING
+                                or (program.uptime() or 0) < settings.initial_delay
+                                else settings.period)
+            uptime = program.uptime()
+            if program.state is not State.RUNNING or uptime is None:
+                continue
+            if uptime < settings.initial_delay:
+                continue
+            ok, detail = await self.probe(program)
+            if program.state is not State.RUNNING:
+                continue  # it died or was restarted while we probed
+            watch.liveness = hang.record_probe(watch.liveness, ok)
+            if not ok:
+                log.warning("liveness probe of %s failed (%d/%d): %s", program.name,
+                            watch.liveness.consecutive_failures, settings.failures, detail)
+            if hang.liveness_failed(watch.liveness, settings.failures):
+                self.emit("liveness_failed", program.name,
+                          f"{program.name} failed {settings.failures} liveness probes "
+                          f"({detail}), restarting",
+                          {"detail": detail, "reason": "liveness"})
+                watch.liveness = hang.Liveness()
+                program.restart("liveness")
+
+    async def probe(self, program: Program) -> tuple[bool, str]:
+        settings = program.config.liveness
+        assert settings is not None
+        if settings.http is not None:
+            return await http_probe(settings.http, settings.timeout)
+        if settings.tcp is not None:
+            return await tcp_probe(settings.tcp, settings.timeout)
+        assert settings.exec is not None
+        return await self.run_command(settings.exec, settings.timeout)
+
+    async def run_command(self, argv: list[str], timeout: float) -> tuple[bool, str]:
+        """Run a short command (an exec probe) through the one reaper; exit 0 passes."""
+        assert self._loop is not None
+        probe_config = ProgramConfig(command=argv)
+        try:
+            spawned = spawn("probe", probe_config, {})
+        except SpawnError as error:
+            return False, str(error)
+        done: asyncio.Future[int] = self._loop.create_future()
+
+        def finished(status: int) -> None:
+            if not done.done():
+                done.set_result(status)
+
+        self._children[spawned.pid] = _Child(program=None, spawned=spawned, on_exit=finished)
+        for fd in (spawned.stdout, spawned.stderr):
+            os.close(fd)
+        try:
+            status = await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(spawned.pid, signal.SIGKILL)
+            return False, f"{argv[0]} did not finish within {timeout:g}s"
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return True, "exit 0"
+        return False, f"{argv[0]} exited with status {os.waitstatus_to_exitcode(status)}"
+
+    def liveness_state(self, program: Program) -> str:
+        if program.config.liveness is None:
+            return "off"
+        last = self._watches[program.name].liveness.last_ok
+        return "unknown" if last is None else ("passing" if last else "failing")
+
+    # -- reload -------------------------------------------------------------------------------
+
+    def reload(self) -> str | None:
+        """Re-read the config; restart changed programs. Returns an error, or None."""
+        if not self.config_paths:
+            return "cannot reload: clawsup was started without a config file"
+        try:
+            new = load_config(*self.config_paths)
+        except ConfigError as error:
+            self.emit("reload_failed", None, f"config reload failed, keeping the old one: {error}")
+            return f"config reload failed, keeping the old one: {error}"
+        old_programs = self.config.programs
+        self.config = new
+        for name in list(self.programs):
+            if name not in new.programs:
+                program = self.programs[name]
+                program.stop("removed from config")
+                self._forget_when_stopped(program)
+        for name, program_config in new.programs.items():
+            if name not in old_programs or name not in self.programs:
+                program = self._add_program(name, program_config)
+                if program_config.autostart:
+                    program.start("added by reload")
+            elif old_programs[name] != program_config:
+                program = self.programs[name]
+                program.config = program_config
+                if program.state in (State.STARTING, State.RUNNING, State.BACKOFF):
+                    program.restart("config_changed")
+        self.emit("reloaded", None, "config reloaded")
+        return None
+
+    def _forget_when_stopped(self, program: Program) -> None:
+        async def forget() -> None:
+            await self.wait_for(lambda: program.state is not State.STOPPING, None)
+            watch = self._watches.pop(program.name, None)
+            if watch is not None:
+                for task in watch.tasks:
+                    task.cancel()
+            self.programs.pop(program.name, None)
+
+        assert self._loop is not None
+        self._loop.create_task(forget())
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def statuses(self) -> list[ProgramStatus]:
+        return [p.status(self.liveness_state(p)) for p in self.programs.values()]
+
+    def health(self) -> HealthReply:
+        main = self.main
+        reasons = []
+        if main.state is not State.RUNNING:
+            reasons.append(f"{main.name} is {main.state.value}")
+        if main.hung:
+            reasons.append(f"{main.name} is hung")
+        if main.unkillable:
+            reasons.append(f"{main.name} is unkillable")
+        if self.liveness_state(main) == "failing":
+            reasons.append(f"{main.name}'s last liveness probe failed")
+        return HealthReply(healthy=not reasons, reasons=reasons)
+
+
+def errno_name(error: OSError) -> str:
+    return errno.errorcode.get(error.errno or 0, str(error.errno))
+
+
+def run_supervisor(config: Config, config_paths: list[str]) -> int:
+    supervisor = Supervisor(config, config_paths)
+    try:
+        return asyncio.run(supervisor.run())
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        sys.stdout.flush()

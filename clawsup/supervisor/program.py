@@ -1,0 +1,468 @@
+"""A supervised program's state machine: the one place a program's state changes.
+
+Every change goes through ``Program._transition``, which checks it against ``TRANSITIONS``
+(the legal moves for each (state, trigger) pair), timestamps it and reports it. Each
+trigger is its own method that looks at the current state first; a timer that fires late
+(after the state moved on) carries a stale token and is ignored on purpose.
+
+The machine does no I/O. Spawning, signalling, timers and publishing are done through the
+``Effects`` the event loop passes in, and time comes from a ``Clock``: tests drive every
+(state, trigger) pair with fakes for both.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from clawsup.protocol import LastExit, ProgramStatus
+from clawsup.supervisor.backoff import (
+    backoff_delay,
+    is_crash_loop,
+    next_quick_failures,
+    with_jitter,
+)
+from clawsup.supervisor.config import ProgramConfig
+
+# After SIGKILL a process normally vanishes at once; one still present after this long is
+# stuck in the kernel (D state on a dead NFS mount, a FUSE server that never answers...).
+KILL_TIMEOUT = 5.0
+
+
+class State(enum.Enum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+    FATAL = "FATAL"
+
+
+class Trigger(enum.Enum):
+    START = "start"  # operator or autostart
+    STOP = "stop"  # operator or shutdown
+    RESTART = "restart"  # operator, or a recovery (liveness, zombie leak, stuck message)
+    HUNG = "hung"  # D state for d_state_after: SIGKILL now, then start again
+    EXITED = "exited"  # the reaper got the main process' status
+    SPAWN_FAILED = "spawn_failed"  # exec failed: no such command, permission...
+    START_SECONDS_ELAPSED = "start_seconds_elapsed"
+    BACKOFF_ELAPSED = "backoff_elapsed"
+    STOP_TIMEOUT = "stop_timeout"  # stop signal sent stop_timeout ago and still alive
+    KILL_TIMEOUT = "kill_timeout"  # SIGKILL sent KILL_TIMEOUT ago and still alive
+    COOLDOWN_ELAPSED = "cooldown_elapsed"  # crash-loop FATAL is over: one trial start
+
+
+S, T = State, Trigger
+
+# The legal moves: (state, trigger) -> the states that trigger may lead to. A pair that is
+# not here is ignored (the program stays where it is). Several targets where the outcome
+# depends on the exit status, autorestart or the crash-loop budget.
+TRANSITIONS: dict[tuple[State, Trigger], frozenset[State]] = {
+    (S.STOPPED, T.START): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
+    (S.EXITED, T.START): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
+    (S.FATAL, T.START): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
+    (S.BACKOFF, T.START): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
+    (S.STOPPED, T.RESTART): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
+    (S.EXITED, T.RESTART): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
+    (S.FATAL, T.RESTART): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
+    (S.BACKOFF, T.RESTART): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
+    (S.STARTING, T.RESTART): frozenset({S.STOPPING}),
+    (S.RUNNING, T.RESTART): frozenset({S.STOPPING}),
+    (S.STOPPING, T.RESTART): frozenset({S.STOPPING}),
+    (S.STARTING, T.STOP): frozenset({S.STOPPING}),
+    (S.RUNNING, T.STOP): frozenset({S.STOPPING}),
+    (S.STOPPING, T.STOP): frozenset({S.STOPPING}),
+    (S.BACKOFF, T.STOP): frozenset({S.STOPPED}),
+    (S.FATAL, T.STOP): frozenset({S.STOPPED}),
+    (S.EXITED, T.STOP): frozenset({S.STOPPED}),
+    (S.STARTING, T.HUNG): frozenset({S.STOPPING}),
+    (S.RUNNING, T.HUNG): frozenset({S.STOPPING}),
+    (S.STARTING, T.START_SECONDS_ELAPSED): frozenset({S.RUNNING}),
+    (S.STARTING, T.EXITED): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
+    (S.RUNNING, T.EXITED): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
+    (S.STOPPING, T.EXITED): frozenset(
+        {S.STOPPED, S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}
+    ),
+    (S.STARTING, T.SPAWN_FAILED): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
+    (S.BACKOFF, T.BACKOFF_ELAPSED): frozenset(
+        {S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}
+    ),
+    (S.STOPPING, T.STOP_TIMEOUT): frozenset({S.STOPPING}),
+    (S.STOPPING, T.KILL_TIMEOUT): frozenset({S.STOPPING}),
+    (S.FATAL, T.COOLDOWN_ELAPSED): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
+}
+
+
+class SpawnError(Exception):
+    """The program could not be started at all (exec failed); the message says why."""
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+    def time(self) -> float: ...
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Effects(Protocol):
+    """What the machine asks the event loop to do; the loop's implementation does I/O."""
+
+    def spawn(self, program: Program) -> int:
+        """Start the program's command in a new process group; return its PID."""
+        ...
+
+    def kill(self, program: Program, signum: int) -> None:
+        """Send ``signum`` to the program's whole process group."""
+        ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
+
+    def publish(self, program: Program, kind: str, message: str, data: dict[str, Any]) -> None:
+        ...
+
+    def transitioned(self, program: Program, old: State, new: State) -> None: ...
+
+    def random(self) -> float:
+        """A number in [0, 1), for jitter."""
+        ...
+
+
+@dataclass
+class _Run:
+    """The current process of a program."""
+
+    pid: int
+    started: float  # monotonic
+    started_wall: float
+
+
+def describe_status(status: int) -> tuple[int | None, str | None]:
+    """A waitpid status as (exit code, signal name)."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = str(number)
+        return None, name
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None
+    return None, None
+
+
+@dataclass
+class Program:
+    """One ``[programs.NAME]``: its config, its state and the process it runs."""
+
+    name: str
+    config: ProgramConfig
+    effects: Effects
+    clock: Clock
+    state: State = State.STOPPED
+    state_since: float = 0.0
+    restarts: int = 0
+    last_exit: LastExit | None = None
+    unkillable: bool = False
+    hung: bool = False
+    extra_environment: dict[str, str] = field(default_factory=dict)
+    _run: _Run | None = None
+    _quick_failures: int = 0
+    _restart_times: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
+    _timer: TimerHandle | None = None
+    _timer_token: int = 0
+    _next_start_at: float | None = None
+    # Why we are stopping it (so its exit is attributed), and whether to start it again.
+    _stop_reason: str = ""
+    _restart_reason: str | None = None
+    _crash_loop_trial: bool = False
+    _start_reason: str = "start"
+
+    # -- what the loop and the control socket read ----------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._run.pid if self._run else None
+
+    @property
+    def is_main(self) -> bool:
+        return self.config.main
+
+    def uptime(self) -> float | None:
+        if self._run is None or self.state not in (State.RUNNING, State.STARTING):
+            return None
+        return self.clock.monotonic() - self._run.started
+
+    def status(self, liveness: str = "off") -> ProgramStatus:
+        next_in = None
+        if self._next_start_at is not None and self.state in (State.BACKOFF, State.FATAL):
+            next_in = max(0.0, self._next_start_at - self.clock.monotonic())
+        return ProgramStatus(
+            name=self.name,
+            state=self.state.value,
+            pid=self.pid,
+            restarts=self.restarts,
+            uptime=self.uptime(),
+            last_exit=self.last_exit,
+            main=self.is_main,
+            hung=self.hung,
+            unkillable=self.unkillable,
+            liveness=liveness,  # type: ignore[arg-type]
+            next_start_in=next_in,
+            description=self._describe(),
+        )
+
+    def _describe(self) -> str:
+        if self.unkillable:
+            return "still present after SIGKILL (stuck in the kernel)"
+        if self.state is State.FATAL:
+            return "crash loop: waiting for cooldown" if self._next_start_at else "gave up"
+        if self.state is State.BACKOFF and self._next_start_at is not None:
+            return f"restarting in {max(0.0, self._next_start_at - self.clock.monotonic()):.1f}s"
+        return ""
+
+    # -- triggers ----------------------------------------------------------------------------
+
+    def start(self, reason: str = "start") -> None:
+        if (self.state, T.START) not in TRANSITIONS:
+            return
+        # An operator's start is a fresh start: forget the crash history.
+        self._quick_failures = 0
+        self._restart_times.clear()
+        self._crash_loop_trial = False
+        self._start_reason = reason
+        self._spawn(T.START)
+
+    def stop(self, reason: str = "stopped") -> None:
+        if (self.state, T.STOP) not in TRANSITIONS:
+            return
+        self._restart_reason = None
+        if self.state in (State.BACKOFF, State.FATAL, State.EXITED):
+            self._cancel_timer()
+            self._next_start_at = None
+            self._transition(State.STOPPED, T.STOP, reason)
+            return
+        if self.state is State.STOPPING:
+            return  # already on its way down; the restart (if any) is now cancelled
+        self._stop_reason = reason
+        self._send_stop_signal(T.STOP, reason)
+
+    def restart(self, reason: str = "manual") -> None:
+        if (self.state, T.RESTART) not in TRANSITIONS:
+            return
+        if self.state in (State.STARTING, State.RUNNING):
+            self._restart_reason = reason
+            self._stop_reason = reason
+            self._send_stop_signal(T.RESTART, f"restarting: {reason}")
+        elif self.state is State.STOPPING:
+            self._restart_reason = reason
+            self._transition(State.STOPPING, T.RESTART, f"will start again: {reason}")
+        else:
+            self._quick_failures = 0
+            self._restart_times.clear()
+            self._start_reason = reason
+            self._spawn(T.RESTART)
+
+    def hang_detected(self, description: str) -> None:
+        """D state held for ``d_state_after``: the process cannot run its SIGTERM handler,
+        so go straight to SIGKILL of the group, then start again."""
+        if (self.state, T.HUNG) not in TRANSITIONS:
+            return
+        self.hung = True
+        self._restart_reason = "hung"
+        self._stop_reason = f"hung ({description})"
+        self.effects.kill(self, signal.SIGKILL)
+        self._transition(State.STOPPING, T.HUNG, f"hung ({description}), sent SIGKILL")
+        self._set_timer(KILL_TIMEOUT, T.KILL_TIMEOUT)
+
+    def exited(self, status: int) -> None:
+        """The reaper got our process' wait status."""
+        if self._run is None or (self.state, T.EXITED) not in TRANSITIONS:
+            return
+        now = self.clock.monotonic()
+        run_seconds = now - self._run.started
+        code, signame = describe_status(status)
+        self._cancel_timer()
+        self._run = None
+        was_unkillable, self.unkillable = self.unkillable, False
+        self.hung = False
+        if self.state is State.STOPPING:
+            reason = self._stop_reason or "stopped"
+            if was_unkillable:
+                reason += "; finally exited after being unkillable"
+            self.last_exit = LastExit(code=code, signal=signame, reason=reason, at=self.clock.time())
+            if self._restart_reason is None:
+                self._transition(State.STOPPED, T.EXITED, f"stopped ({self.last_exit.describe()})")
+                return
+            restart_reason, self._restart_reason = self._restart_reason, None
+            self._start_reason = restart_reason
+            self.restarts += 1
+            if restart_reason == "hung":
+                # A hang is a failure: it counts toward the crash-loop budget.
+                self._quick_failures = next_quick_failures(
+                    self._quick_failures, run_seconds, self.config.backoff.reset_after
+                )
+                self._after_failure(T.EXITED, run_seconds, "hung")
+            else:
+                self._spawn(T.EXITED)
+            return
+
+        expected = code is not None and code in self.config.exit_codes
+        reason = "exited" if expected else "crashed"
+        self.last_exit = LastExit(code=code, signal=signame, reason=reason, at=self.clock.time())
+        policy = self.config.autorestart
+        if policy == "never" or (policy == "on-failure" and expected):
+            self._transition(State.EXITED, T.EXITED, self.last_exit.describe())
+            return
+        self._quick_failures = next_quick_failures(
+            self._quick_failures, run_seconds, self.config.backoff.reset_after
+        )
+        if self.state is State.STARTING:
+            # Died before start_seconds: never a healthy run, whatever reset_after says.
+            self._quick_failures = max(self._quick_failures, 1)
+        self._after_failure(T.EXITED, run_seconds, reason)
+
+    def spawn_failed(self, error: str) -> None:
+        self.last_exit = LastExit(code=None, signal=None, reason=f"spawn failed: {error}",
+                                  at=self.clock.time())
+        self._quick_failures = max(self._quick_failures + 1, 1)
+        if self.config.autorestart == "never":
+            self._transition(State.EXITED, T.SPAWN_FAILED, self.last_exit.reason)
+            return
+        self._after_failure(T.SPAWN_FAILED, 0.0, self.last_exit.reason)
+
+    def _on_timer(self, token: int, trigger: Trigger) -> None:
+        if token != self._timer_token or (self.state, trigger) not in TRANSITIONS:
+            return  # a timer that fired after the state moved on
+        self._timer = None
+        if trigger is T.START_SECONDS_ELAPSED:
+            self._running(trigger)
+        elif trigger is T.BACKOFF_ELAPSED:
+            self._next_start_at = None
+            self._spawn(trigger)
+        elif trigger is T.COOLDOWN_ELAPSED:
+            self._next_start_at = None
+            self._crash_loop_trial = True
+            self._restart_times.clear()
+            self._spawn(trigger)
+        elif trigger is T.STOP_TIMEOUT:
+            self.effects.kill(self, signal.SIGKILL)
+            self._transition(
+                State.STOPPING, trigger,
+                f"did not stop within {self.config.stop_timeout:g}s, sent SIGKILL",
+            )
+            self._set_timer(KILL_TIMEOUT, T.KILL_TIMEOUT)
+        elif trigger is T.KILL_TIMEOUT:
+            self.unkillable = True
+            self._transition(State.STOPPING, trigger, "still present after SIGKILL (unkillable)")
+            self.effects.publish(
+                self, "unkillable",
+                f"{self.name} is still present {KILL_TIMEOUT:g}s after SIGKILL "
+                "(stuck in the kernel); it is not stopped",
+                {"pid": self.pid},
+            )
+
+    # -- the steps -----------------------------------------------------------------------------
+
+    def _after_failure(self, trigger: Trigger, run_seconds: float, reason: str) -> None:
+        now = self.clock.monotonic()
+        crash_loop = self.config.crash_loop
+        if self._crash_loop_trial or is_crash_loop(
+            self._restart_times, now, crash_loop.max_restarts, crash_loop.window
+        ):
+            self._crash_loop_trial = False
+            self._next_start_at = now + crash_loop.cooldown
+            self._transition(
+                State.FATAL, trigger,
+                f"crash loop: {crash_loop.max_restarts} restarts within "
+                f"{crash_loop.window:g}s, next try in {crash_loop.cooldown:g}s",
+            )
+            self.effects.publish(
+                self, "crash_loop",
+                f"{self.name} is in a crash loop, giving up for {crash_loop.cooldown:g}s",
+                {"cooldown": crash_loop.cooldown, "reason": reason},
+            )
+            self._set_timer(crash_loop.cooldown, T.COOLDOWN_ELAPSED)
+            return
+        self._restart_times.append(now)
+        self.restarts += 1
+        backoff = self.config.backoff
+        delay = with_jitter(
+            backoff_delay(self._quick_failures, backoff.initial, backoff.factor, backoff.max),
+            backoff.jitter, self.effects.random(), backoff.max,
+        )
+        self._start_reason = reason
+        if delay <= 0.0:
+            self._spawn(trigger)
+            return
+        self._next_start_at = now + delay
+        self._transition(State.BACKOFF, trigger, f"{reason}, restarting in {delay:.3f}s")
+        self.effects.publish(
+            self, "backoff", f"{self.name} restarts in {delay:.3f}s",
+            {"delay": delay, "reason": reason, "quick_failures": self._quick_failures},
+        )
+        self._set_timer(delay, T.BACKOFF_ELAPSED)
+
+    def _spawn(self, trigger: Trigger) -> None:
+        try:
+            pid = self.effects.spawn(self)
+        except SpawnError as error:
+            # Enter STARTING so the failure is a normal (STARTING, SPAWN_FAILED) move.
+            self._transition(State.STARTING, trigger, "spawning")
+            self.spawn_failed(str(error))
+            return
+        self._run = _Run(pid=pid, started=self.clock.monotonic(), started_wall=self.clock.time())
+        self.unkillable = False
+        self.hung = False
+        if self.config.start_seconds <= 0:
+            self._transition(State.STARTING, trigger, f"spawned pid {pid} ({self._start_reason})")
+            self._running(T.START_SECONDS_ELAPSED)
+            return
+        self._transition(State.STARTING, trigger, f"spawned pid {pid} ({self._start_reason})")
+        self._set_timer(self.config.start_seconds, T.START_SECONDS_ELAPSED)
+
+    def _running(self, trigger: Trigger) -> None:
+        if self._crash_loop_trial:
+            # The trial start after a crash-loop cooldown survived: the breaker closes.
+            self._crash_loop_trial = False
+            self._restart_times.clear()
+            self._quick_failures = 0
+        self._transition(State.RUNNING, trigger, "up")
+
+    def _send_stop_signal(self, trigger: Trigger, reason: str) -> None:
+        self._cancel_timer()
+        self.effects.kill(self, self.config.stop_signal_number)
+        self._transition(State.STOPPING, trigger, reason)
+        self._set_timer(self.config.stop_timeout, T.STOP_TIMEOUT)
+
+    def _set_timer(self, delay: float, trigger: Trigger) -> None:
+        self._cancel_timer()
+        self._timer_token += 1
+        token = self._timer_token
+        self._timer = self.effects.call_later(delay, lambda: self._on_timer(token, trigger))
+
+    def _cancel_timer(self) -> None:
+        self._timer_token += 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _transition(self, new: State, trigger: Trigger, reason: str) -> None:
+        old = self.state
+        allowed = TRANSITIONS.get((old, trigger))
+        if allowed is None or new not in allowed:
+            raise AssertionError(f"illegal transition {old.value} -> {new.value} on {trigger.value}")
+        self.state = new
+        self.state_since = self.clock.monotonic()
+        self.effects.publish(
+            self, "state", f"{self.name}: {old.value} -> {new.value} ({reason})",
+            {"from": old.value, "to": new.value, "trigger": trigger.value, "reason": reason},
+        )
+        self.effects.transitioned(self, old, new)
