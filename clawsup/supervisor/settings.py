@@ -1,0 +1,531 @@
+"""The gateway's settings (default model, time zone): validated, written, remembered.
+
+The gateway reads ``~/.clawdbot/clawdbot.json`` (JSON5) and applies ``agents.*`` changes
+live. ``set_model`` / ``set_timezone`` validate a value, then rewrite that one key of the
+file and keep every other key. The supervisor also remembers each value it set in
+``<state_dir>/overrides.json`` and writes it again at startup (``apply_overrides``), so a
+value survives a clawsup restart and a container whose gateway config was reset.
+
+How the gateway config is rewritten:
+
+- Atomically: a temp file in the same directory, written and fsynced, renamed over the
+  config, then the directory fsynced. A failed write leaves the old file as it was and no
+  temp file behind. A symlinked config is written through to its target.
+- The result is formatted JSON (valid JSON5; ``Infinity``/``NaN`` stay JSON5 literals).
+  **Comments and JSON5 syntax of the original are lost.** What was there before is kept
+  in ``<config>.clawsup.bak`` -- not ``.bak``, which the gateway writes itself. The backup
+  is refreshed only when the file holds a version clawsup did not write (hand-edited,
+  commented, or rewritten by the gateway), so repeated ``set_model`` calls never replace
+  the commented original with clawsup's own output; the value that one of clawsup's own
+  versions held is in the log and the ``Change`` it returned.
+- Mode and owner are kept (chown back to the original owner needs root; without it a
+  file owned by someone else is refused rather than silently given away).
+- A missing config is created with just the key (mode 0600: it holds tokens; owned, when
+  clawsup is root, by the owner of its directory, which is the gateway's user); its
+  directory must exist. An unreadable or malformed config is an error and nothing is
+  written.
+- Writing a value that is already there writes nothing.
+
+The race with the gateway, which also writes this file (temp file + rename): the file is
+read again right before the rename and, if it changed since it was parsed, the whole
+read-modify-write starts over (a few times, then gives up). That narrows a lost update to
+the microseconds between that check and the rename; closing it needs a lock both writers
+honour, and the gateway takes none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import errno
+import json
+import logging
+import os
+import re
+import secrets
+import stat
+import zoneinfo
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import json5
+import msgspec
+
+from clawsup.supervisor.config import GatewayConfigFile, expand_path
+
+log = logging.getLogger(__name__)
+
+MODEL_EXAMPLE = "anthropic/claude-opus-4-5"
+MAX_MODEL_LENGTH = 200
+MAX_ZONE_LENGTH = 255
+BACKUP_SUFFIX = ".clawsup.bak"
+OVERRIDES_FILE = "overrides.json"
+MAX_OVERRIDES_SIZE = 64 << 10
+# Tries of the read-modify-write when the file keeps changing under us.
+WRITE_ATTEMPTS = 3
+
+# provider "/" model, where the model part may itself hold "/" (openrouter/meta-llama/x).
+_NAME_PART = r"[A-Za-z0-9][A-Za-z0-9._:@-]*"
+_MODEL_PATTERN = re.compile(rf"{_NAME_PART}/{_NAME_PART}(?:/{_NAME_PART})*")
+# IANA names: ASCII letters, digits, ".", "_", "-", "+" in "/"-separated parts.
+_ZONE_PATTERN = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*")
+# Files in the zoneinfo tree that zoneinfo loads but that are not zone names.
+_NOT_ZONES = frozenset({"localtime", "posixrules"})
+
+
+class SettingError(ValueError):
+    """A setting that cannot be validated, read or written; says which and why."""
+
+
+class Change(msgspec.Struct, frozen=True, kw_only=True):
+    """One key written to the gateway config. ``old`` is None when the key was absent."""
+
+    path: str
+    key: str
+    old: str | None
+    new: str
+
+    @property
+    def changed(self) -> bool:
+        return self.old != self.new
+
+
+class Overrides(msgspec.Struct, frozen=True, kw_only=True):
+    """What clawsup set and re-applies at startup; None means "leave the file's value"."""
+
+    model: str | None = None
+    timezone: str | None = None
+    updated_at: datetime | None = None
+
+
+# --- validation -----------------------------------------------------------------------
+
+
+def validate_model(model: str, allowed: Sequence[str] = ()) -> str:
+    """``model`` if it is a ``provider/model`` name (and in ``allowed``, when given)."""
+    shown = _shown(model)
+    if len(model) > MAX_MODEL_LENGTH:
+        raise SettingError(f"bad model name {shown}: longer than {MAX_MODEL_LENGTH} characters")
+    if not _MODEL_PATTERN.fullmatch(model):
+        raise SettingError(f"bad model name {shown}: expected provider/model, e.g. {MODEL_EXAMPLE}")
+    if allowed and model not in allowed:
+        raise SettingError(f"model {shown} is not allowed here; allowed: {', '.join(allowed)}")
+    return model
+
+
+def validate_timezone(zone: str) -> str:
+    """``zone`` if it is an IANA time zone name that ``zoneinfo`` knows."""
+    shown = _shown(zone)
+    if not zone:
+        raise SettingError("empty time zone name: expected an IANA name like America/Sao_Paulo")
+    # The pattern rules out absolute paths, "..", whitespace and control characters
+    # before zoneinfo turns the name into a path below its TZPATH.
+    if (
+        len(zone) > MAX_ZONE_LENGTH
+        or not _ZONE_PATTERN.fullmatch(zone)
+        or ".." in zone.split("/")
+        or zone in _NOT_ZONES
+    ):
+        raise SettingError(f"unknown time zone {shown}")
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except zoneinfo.ZoneInfoNotFoundError:
+        raise SettingError(f"unknown time zone {shown}") from None
+    except ValueError as error:  # not a TZif file, or a key zoneinfo refuses
+        raise SettingError(f"unknown time zone {shown}: {error}") from None
+    except OSError as error:  # a directory of zones ("America"), an unreadable file
+        raise SettingError(f"unknown time zone {shown}: {error.strerror}") from None
+    return zone
+
+
+def _shown(value: str) -> str:
+    """A value for an error message: quoted, escaped, and cut short when huge."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(value)} characters)"
+
+
+# --- small files, read safely and written atomically ------------------------------------
+
+
+def read_small_file(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
+    """At most ``limit`` + 1 bytes of a regular file; never blocks on a FIFO.
+
+    Raises FileNotFoundError when absent, IsADirectoryError / OSError(EINVAL) when the
+    entry is not a regular file, OSError(ELOOP) for a symlink when not following them.
+    The caller compares the length with ``limit`` to tell an oversized file.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(
+    path: Path,
+    data: bytes,
+    *,
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
+    before_rename: Callable[[], None] | None = None,
+    dir_fd: int | None = None,
+) -> None:
+    """Replace ``path`` with ``data`` so a reader sees the old file or the new, never half.
+
+    Temp file in the same directory, fsync, rename over, fsync the directory. On error
+    (including one raised by ``before_rename``, the last chance to back out) the old file
+    is untouched, the temp file removed, and the error raised. With ``dir_fd``, ``path``
+    is a name in that open directory: nothing is looked up through a path someone could
+    swap for a symlink meanwhile.
+    """
+    directory = dir_fd if dir_fd is not None else _open_directory(path.parent)
+    name = path.name if dir_fd is None else os.fspath(path)
+    temp = f".{name}.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(temp, _CREATE_FLAGS, 0o600, dir_fd=directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), mode)
+                if owner is not None:
+                    _give_back(handle.fileno(), owner)
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if before_rename is not None:
+                before_rename()
+            os.rename(temp, name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=directory)
+            raise
+        fsync_directory(directory)
+    finally:
+        if dir_fd is None:
+            os.close(directory)
+
+
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_directory(directory: Path) -> int:
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _give_back(fd: int, owner: tuple[int, int]) -> None:
+    """Give the new file the owner of the one it replaces (root, or a group we are in)."""
+    current = os.fstat(fd)
+    if (current.st_uid, current.st_gid) == owner:
+        return
+    try:
+        os.fchown(fd, *owner)
+    except PermissionError:
+        raise PermissionError(
+            errno.EPERM,
+            f"only root can give the new file back to its owner uid={owner[0]} gid={owner[1]}",
+        ) from None
+
+
+def fsync_directory(directory: Path | int) -> None:
+    """Make a rename in ``directory`` (a path or an open directory) durable."""
+    fd = _open_directory(directory) if isinstance(directory, Path) else directory
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        # Some filesystems (and FUSE mounts) cannot fsync a directory; the rename is
+        # still atomic there, only its durability is up to the filesystem.
+        if error.errno != errno.EINVAL:
+            raise
+    finally:
+        if isinstance(directory, Path):
+            os.close(fd)
+
+
+def owner_for_new_files(directory: Path | int) -> tuple[int, int] | None:
+    """As root, the owner of ``directory``: a file root creates there goes to that user
+    (the gateway runs as one, and must read it). Otherwise None: keep our own."""
+    if os.geteuid() != 0:
+        return None
+    info = os.stat(directory)
+    return (info.st_uid, info.st_gid)
+
+
+# --- the gateway config ---------------------------------------------------------------
+
+
+class _Snapshot(msgspec.Struct, frozen=True):
+    raw: bytes | None  # None: the file does not exist
+    doc: dict[str, Any]
+    mode: int
+    owner: tuple[int, int] | None
+
+
+def _read_raw(path: Path) -> tuple[bytes | None, os.stat_result | None]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        return None, None
+    except OSError as error:
+        raise SettingError(f"cannot read gateway config {path}: {error.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SettingError(f"cannot read gateway config {path}: not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read(), info
+    except OSError as error:
+        raise SettingError(f"cannot read gateway config {path}: {error.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _parse(path: Path, raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SettingError(f"gateway config {path} is not UTF-8 text: {error}") from None
+    try:
+        doc = json5.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise SettingError(f"gateway config {path} is not valid JSON5: {error}") from None
+    if not isinstance(doc, dict):
+        raise SettingError(f"gateway config {path} must hold an object, not {type(doc).__name__}")
+    return doc
+
+
+def _snapshot(path: Path) -> _Snapshot:
+    raw, info = _read_raw(path)
+    doc = _parse(path, raw)
+    if info is None:
+        return _Snapshot(raw, doc, 0o600, None)
+    return _Snapshot(raw, doc, stat.S_IMODE(info.st_mode), (info.st_uid, info.st_gid))
+
+
+def read_gateway_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed config; ``{}`` when the file does not exist; SettingError otherwise."""
+    return _snapshot(_resolve(path)).doc
+
+
+def _resolve(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.realpath(expand_path(os.fspath(path))))
+
+
+def _key_parts(dotted_key: str) -> list[str]:
+    parts = dotted_key.split(".")
+    if not all(parts):
+        raise SettingError(f"bad config key {dotted_key!r}: expected names joined by dots")
+    return parts
+
+
+def get_key(doc: Mapping[str, Any], dotted_key: str) -> Any:
+    """The value at ``a.b.c``; None when any part of the way is missing or not an object."""
+    node: Any = doc
+    for part in _key_parts(dotted_key):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set_key(doc: dict[str, Any], dotted_key: str, value: Any) -> None:
+    *parents, last = _key_parts(dotted_key)
+    node = doc
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parents[: depth + 1])
+            raise SettingError(
+                f"cannot set {dotted_key}: {where} is a {type(child).__name__}, not an object"
+            )
+        node = child
+    node[last] = value
+
+
+def render_config(doc: Mapping[str, Any]) -> bytes:
+    """The text clawsup writes: two-space JSON, as the gateway writes it, plus a newline."""
+    return (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=True) + "\n").encode()
+
+
+def write_settings(path: str | os.PathLike[str], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Set each dotted key of ``values`` in the config at ``path``; return the old values.
+
+    Writes nothing when every value is already there. See the module docstring for how
+    (atomic, backup, mode and owner, the race with the gateway).
+    """
+    target = _resolve(path)
+    for _attempt in range(WRITE_ATTEMPTS):
+        before = _snapshot(target)
+        old = {key: get_key(before.doc, key) for key in values}
+        if all(_same(old[key], value) for key, value in values.items()):
+            return old
+        doc = copy.deepcopy(before.doc)
+        for key, value in values.items():
+            _set_key(doc, key, value)
+        if _write_if_unchanged(target, before, render_config(doc)):
+            return old
+        log.info("%s changed while clawsup was writing it; reading it again", target)
+    raise SettingError(
+        f"cannot write gateway config {target}: it kept changing "
+        f"({WRITE_ATTEMPTS} attempts); another writer is busy with it"
+    )
+
+
+def write_setting(path: str | os.PathLike[str], dotted_key: str, value: Any) -> Any:
+    """Set one dotted key; return its old value (None when absent)."""
+    return write_settings(path, {dotted_key: value})[dotted_key]
+
+
+def _same(old: Any, new: Any) -> bool:
+    return type(old) is type(new) and old == new
+
+
+class _ChangedMeanwhile(Exception):
+    pass
+
+
+def _write_if_unchanged(target: Path, before: _Snapshot, data: bytes) -> bool:
+    """Write ``data`` over ``target`` unless the file changed since ``before`` was read."""
+
+    def check_and_back_up() -> None:
+        if _read_raw(target)[0] != before.raw:
+            raise _ChangedMeanwhile
+        if before.raw is not None and before.raw != render_config(before.doc):
+            backup = target.with_name(target.name + BACKUP_SUFFIX)
+            write_atomically(backup, before.raw, mode=before.mode, owner=before.owner)
+
+    try:
+        owner = before.owner if before.raw is not None else owner_for_new_files(target.parent)
+        write_atomically(
+            target, data, mode=before.mode, owner=owner, before_rename=check_and_back_up
+        )
+    except _ChangedMeanwhile:
+        return False
+    except OSError as error:
+        raise SettingError(
+            f"cannot write gateway config {target}: {error.strerror or error}"
+        ) from None
+    return True
+
+
+def _described(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _write_one(config_file: GatewayConfigFile, key: str, value: str) -> Change:
+    path = _resolve(config_file.path)
+    old = write_setting(path, key, value)
+    change = Change(path=str(path), key=key, old=_described(old), new=value)
+    if change.changed:
+        log.info("%s: %s %r -> %r", path, key, change.old, value)
+    return change
+
+
+def set_model(config_file: GatewayConfigFile, model: str) -> Change:
+    """Validate ``model`` and write it to the gateway config's ``model_key``."""
+    validate_model(model, config_file.allowed_models)
+    return _write_one(config_file, config_file.model_key, model)
+
+
+def set_timezone(config_file: GatewayConfigFile, zone: str) -> Change:
+    """Validate ``zone`` and write it to the gateway config's ``timezone_key``."""
+    validate_timezone(zone)
+    return _write_one(config_file, config_file.timezone_key, zone)
+
+
+# --- overrides remembered in state_dir ---------------------------------------------------
+
+_overrides_decoder = msgspec.json.Decoder(Overrides)
+
+
+def overrides_path(state_dir: str | os.PathLike[str]) -> Path:
+    return expand_path(os.fspath(state_dir)) / OVERRIDES_FILE
+
+
+def load_overrides(state_dir: str | os.PathLike[str]) -> Overrides:
+    """The remembered overrides; empty when there are none or the file is unusable.
+
+    A corrupt file is logged and ignored, never a reason not to start: the gateway's own
+    config still holds a model and a zone.
+    """
+    path = overrides_path(state_dir)
+    try:
+        data = read_small_file(path, MAX_OVERRIDES_SIZE, follow_symlinks=False)
+    except FileNotFoundError:
+        return Overrides()
+    except OSError as error:
+        log.warning("ignoring overrides %s: cannot read it: %s", path, error.strerror)
+        return Overrides()
+    if len(data) > MAX_OVERRIDES_SIZE:
+        log.warning("ignoring overrides %s: larger than %d bytes", path, MAX_OVERRIDES_SIZE)
+        return Overrides()
+    try:
+        return _overrides_decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError) as error:
+        log.warning("ignoring overrides %s: %s", path, error)
+        return Overrides()
+
+
+def save_overrides(state_dir: str | os.PathLike[str], overrides: Overrides) -> Path:
+    """Write the overrides atomically (state_dir created 0700 when missing)."""
+    path = overrides_path(state_dir)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomically(path, msgspec.json.format(msgspec.json.encode(overrides)) + b"\n")
+    except OSError as error:
+        raise SettingError(f"cannot save overrides to {path}: {error.strerror}") from None
+    return path
+
+
+def apply_overrides(config_file: GatewayConfigFile, overrides: Overrides) -> list[Change]:
+    """Write every remembered value that differs from the config; return those changes.
+
+    An override that no longer validates (the zone database changed, ``allowed_models``
+    no longer lists it) is logged and skipped: the config's own value stays. A config
+    that cannot be read or written raises SettingError and nothing is written.
+    """
+    wanted: dict[str, str] = {}
+    if overrides.model is not None:
+        try:
+            wanted[config_file.model_key] = validate_model(
+                overrides.model, config_file.allowed_models
+            )
+        except SettingError as error:
+            log.warning("not re-applying the remembered model: %s", error)
+    if overrides.timezone is not None:
+        try:
+            wanted[config_file.timezone_key] = validate_timezone(overrides.timezone)
+        except SettingError as error:
+            log.warning("not re-applying the remembered time zone: %s", error)
+    if not wanted:
+        return []
+    path = _resolve(config_file.path)
+    old = write_settings(path, wanted)
+    changes = [
+        Change(path=str(path), key=key, old=_described(old[key]), new=value)
+        for key, value in wanted.items()
+    ]
+    for change in changes:
+        if change.changed:
+            log.info("%s: re-applied %s %r -> %r", path, change.key, change.old, change.new)
+    return [change for change in changes if change.changed]
