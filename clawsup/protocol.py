@@ -23,56 +23,56 @@ class _Request(msgspec.Struct, tag_field="cmd", frozen=True, forbid_unknown_fiel
     pass
 
 
-class Status(_Request, tag="status"):
+class Status(_Request, tag="status", frozen=True):
     pass
 
 
-class Start(_Request, tag="start"):
+class Start(_Request, tag="start", frozen=True):
     program: str | None = None
     wait: bool = True
 
 
-class Stop(_Request, tag="stop"):
+class Stop(_Request, tag="stop", frozen=True):
     program: str | None = None
     wait: bool = True
 
 
-class Restart(_Request, tag="restart"):
+class Restart(_Request, tag="restart", frozen=True):
     program: str | None = None
     wait: bool = True
     reason: str | None = None
 
 
-class Signal(_Request, tag="signal"):
+class Signal(_Request, tag="signal", frozen=True):
     signal: str
     program: str | None = None
 
 
-class SetModel(_Request, tag="set_model"):
+class SetModel(_Request, tag="set_model", frozen=True):
     model: str
 
 
-class SetTimezone(_Request, tag="set_timezone"):
+class SetTimezone(_Request, tag="set_timezone", frozen=True):
     timezone: str
 
 
-class Health(_Request, tag="health"):
+class Health(_Request, tag="health", frozen=True):
     pass
 
 
-class Reload(_Request, tag="reload"):
+class Reload(_Request, tag="reload", frozen=True):
     pass
 
 
-class Shutdown(_Request, tag="shutdown"):
+class Shutdown(_Request, tag="shutdown", frozen=True):
     pass
 
 
-class Version(_Request, tag="version"):
+class Version(_Request, tag="version", frozen=True):
     pass
 
 
-class Incidents(_Request, tag="incidents"):
+class Incidents(_Request, tag="incidents", frozen=True):
     since: float | None = None  # seconds before now
     limit: int = 20
 
@@ -249,7 +249,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _encoder = msgspec.json.Encoder()
-_request_decoder = msgspec.json.Decoder(Request)
+_request_decoder: msgspec.json.Decoder[Request] = msgspec.json.Decoder(Request)
 
 
 def encode(message: msgspec.Struct) -> bytes:

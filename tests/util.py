@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal as _signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,3 +61,90 @@ def zombies_under(pid: int) -> list[int]:
         if fields[0] == "Z" and int(fields[1]) == pid:
             found.append(int(entry))
     return found
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Clawsup:
+    """A real ``clawsup run`` process with its log captured to a file."""
+
+    def __init__(self, config: Path, log: Path, *, pid1: bool = False,
+                 env: dict[str, str] | None = None,
+                 preexec: Callable[[], None] | None = None) -> None:
+        argv = [sys.executable, "-m", "clawsup", "run", "-c", str(config)]
+        if pid1:
+            # PID 1 of a fresh PID namespace, with its own /proc, as in a container.
+            argv = ["unshare", "--pid", "--fork", "--mount-proc", *argv]
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
+            preexec_fn=preexec, start_new_session=True,
+        )
+
+    @property
+    def supervisor_pid(self) -> int:
+        """The clawsup process itself (inside unshare, the child of the unshare process)."""
+        if self.proc.args[0] != "unshare":  # type: ignore[index]
+            return self.proc.pid
+
+        def find() -> int | None:
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as handle:
+                    kids = handle.read().split()
+            except FileNotFoundError:
+                return None
+            return int(kids[0]) if kids else None
+
+        return wait_until(find, 10, what="clawsup inside unshare")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 10.0, count: int = 1) -> str:
+        wait_until(lambda: self.log().count(text) >= count, timeout,
+                   what=f"{text!r} x{count} in the log:\n{self.log()[-3000:]}")
+        return self.log()
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.supervisor_pid, signum)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, _signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+
+def write_config(directory: Path, body: str, *, name: str = "clawsup.toml",
+                 supervisor: str = "") -> Path:
+    """A config with run/state dirs and janitor paths inside ``directory``."""
+    path = directory / name
+    header = f"""
+[supervisor]
+run_dir = "{directory}/run"
+state_dir = "{directory}/state"
+{supervisor}
+
+[janitor]
+sessions = ["{directory}/home/agents/*/sessions"]
+restart_flag = "{directory}/home/restart.flag"
+ops_requests = "{directory}/home/ops-requests"
+
+[gateway_config]
+path = "{directory}/home/clawdbot.json"
+"""
+    path.write_text(header + body)
+    return path
+
+
+def python_program(code: str) -> str:
+    """A TOML command array running ``code`` with this interpreter."""
+    return json.dumps([sys.executable, "-c", code])

@@ -61,7 +61,7 @@ def _signal_number(name: str) -> int:
     raise ValueError(f"expected a signal name like 'SIGTERM', got {name!r}")
 
 
-class SupervisorConfig(_Section):
+class SupervisorConfig(_Section, frozen=True):
     run_dir: str = "/run/clawsup"
     state_dir: str = "/var/lib/clawsup"
     exit_on_fatal: bool = True
@@ -85,7 +85,7 @@ class SupervisorConfig(_Section):
                 )
 
 
-class Backoff(_Section):
+class Backoff(_Section, frozen=True):
     initial: Duration = Duration(0.5)
     factor: float = 2.0
     max: Duration = Duration(30.0)
@@ -101,7 +101,7 @@ class Backoff(_Section):
             raise ValueError("backoff max must not be below initial")
 
 
-class CrashLoop(_Section):
+class CrashLoop(_Section, frozen=True):
     max_restarts: int = 5
     window: Duration = Duration(60.0)
     cooldown: Duration = Duration(300.0)
@@ -111,7 +111,7 @@ class CrashLoop(_Section):
             raise ValueError(f"max_restarts must be >= 1, got {self.max_restarts}")
 
 
-class Hang(_Section):
+class Hang(_Section, frozen=True):
     d_state_after: Duration = Duration(10.0)
     sample_interval: Duration = Duration(1.0)
     zombie_children_max: int = 50
@@ -124,7 +124,7 @@ class Hang(_Section):
             raise ValueError("zombie_children_max must be >= 0")
 
 
-class Liveness(_Section):
+class Liveness(_Section, frozen=True):
     http: str | None = None
     tcp: str | None = None
     exec: list[str] | None = None
@@ -153,7 +153,7 @@ class Liveness(_Section):
             raise ValueError("liveness period and timeout must be above 0")
 
 
-class ProgramConfig(_Section):
+class ProgramConfig(_Section, frozen=True):
     command: list[str]
     main: bool = False
     environment: dict[str, str] = {}
@@ -181,7 +181,7 @@ class ProgramConfig(_Section):
         return _signal_number(self.stop_signal)
 
 
-class JanitorConfig(_Section):
+class JanitorConfig(_Section, frozen=True):
     sessions: list[str] = msgspec.field(
         default_factory=lambda: ["~/.clawdbot/agents/*/sessions"]
     )
@@ -200,7 +200,7 @@ class JanitorConfig(_Section):
             raise ValueError("interval must be above 0")
 
 
-class GatewayConfigFile(_Section):
+class GatewayConfigFile(_Section, frozen=True):
     path: str = "~/.clawdbot/clawdbot.json"
     model_key: str = "agents.defaults.model.primary"
     timezone_key: str = "agents.defaults.userTimezone"
@@ -211,7 +211,7 @@ class GatewayConfigFile(_Section):
     program: str | None = None
 
 
-class BreakerConfig(_Section):
+class BreakerConfig(_Section, frozen=True):
     fallbacks: list[str] = []
     failures: int = 3
     window: Duration = Duration(600.0)
@@ -223,19 +223,19 @@ class BreakerConfig(_Section):
             raise ValueError("breaker failures must be >= 1")
 
 
-class TelegramConfig(_Section):
+class TelegramConfig(_Section, frozen=True):
     chat_id: str
     token_env: str = "CLAWSUP_TELEGRAM_TOKEN"
     api_base: str = "https://api.telegram.org"
     timeout: Duration = Duration(10.0)
 
 
-class WebhookConfig(_Section):
+class WebhookConfig(_Section, frozen=True):
     url: str
     timeout: Duration = Duration(10.0)
 
 
-class AlertsConfig(_Section):
+class AlertsConfig(_Section, frozen=True):
     events: list[str] = msgspec.field(
         default_factory=lambda: [
             "hung", "fatal", "crash_loop", "message_timeout", "breaker_open", "zombie_leak"
@@ -255,11 +255,11 @@ class AlertsConfig(_Section):
             )
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(_Section, frozen=True):
     listen: str = "127.0.0.1:9464"
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     programs: dict[str, ProgramConfig]
     supervisor: SupervisorConfig = SupervisorConfig()
     janitor: JanitorConfig = JanitorConfig()

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clawsup import __version__
 from clawsup.protocol import Event, HealthReply, ProgramStatus
 from clawsup.supervisor import hang, procinfo
 from clawsup.supervisor.config import Config, ConfigError, ProgramConfig, load_config
@@ -63,7 +62,7 @@ class _Watch:
     """Per-program sampling state (D state, zombies, liveness)."""
 
     d_state: hang.DState = hang.NOT_IN_D
-    liveness: hang.Liveness = hang.Liveness()
+    liveness: hang.Liveness = field(default_factory=hang.Liveness)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -115,6 +114,8 @@ class Supervisor:
         # 6. Wait for a stop signal, a shutdown request or a FATAL main program.
         await self._shutdown_requested.wait()
         # 7. Stop everything in reverse order, then report the main program's status.
+        if self._exit_code is None and self.main.state is State.FATAL:
+            self._exit_code = self._fatal_status(self.main)
         await self._stop_all()
         self._reap()
         self._remove_signal_handlers()
@@ -270,9 +271,7 @@ class Supervisor:
              data: dict[str, Any] | None = None) -> None:
         event = Event(ts=self.clock.time(), kind=kind, program=program, message=message,
                       data=data or {})
-        if kind == "state":
-            log.info("%s", message)
-        elif kind in ("backoff",):
+        if kind == "state" or kind in ("backoff",):
             log.info("%s", message)
         elif kind not in ("reaped",):
             log.warning("%s", message)
@@ -290,6 +289,11 @@ class Supervisor:
             self.request_shutdown(exit_code=self._fatal_status(program))
         elif new is State.FATAL:
             self.emit("fatal", program.name, f"{program.name} is FATAL")
+        elif new is State.EXITED and program.config.main:
+            # The main program is done for good (autorestart said so): like tini, the
+            # container ends with it, carrying its status.
+            log.info("%s exited and will not be restarted: clawsup exits", program.name)
+            self.request_shutdown()
         for predicate, future in list(self._state_waiters):
             if not future.done() and predicate():
                 future.set_result(None)
@@ -449,7 +453,7 @@ class Supervisor:
             if uptime < settings.initial_delay:
                 continue
             ok, detail = await self.probe(program)
-            if program.state is not State.RUNNING:
+            if not program.running:
                 continue  # it died or was restarted while we probed
             watch.liveness = hang.record_probe(watch.liveness, ok)
             if not ok:

@@ -192,6 +192,10 @@ class Program:
         return self._run.pid if self._run else None
 
     @property
+    def running(self) -> bool:
+        return self.state is State.RUNNING
+
+    @property
     def is_main(self) -> bool:
         return self.config.main
 
