@@ -1,0 +1,250 @@
+"""Prometheus metrics on ``[metrics] listen``: counters fed by events, gauges by the loop.
+
+The loop adds ``Metrics.observe`` to its event sinks, and calls ``update_programs`` (and
+``update_breaker``) whenever it has fresh statuses. prometheus_client serves ``/metrics``
+from its own daemon thread, out of the loop's way; its metric objects are thread-safe.
+
+A dedicated ``CollectorRegistry`` keeps the exposition to clawsup's own metrics (no
+Python process/GC collectors from the global registry) and lets tests run several.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_http_server
+
+from clawsup import __version__
+from clawsup.protocol import BreakerStatus, Event, ProgramStatus
+from clawsup.supervisor.config import MetricsConfig
+
+log = logging.getLogger(__name__)
+
+PROGRAM_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+class MetricsError(Exception):
+    """The metrics endpoint cannot be served (bad address, port taken)."""
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:9464"`` / ``"[::1]:9464"`` / ``"localhost:0"`` -> (host, port)."""
+    text = listen.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(f"expected '[IPv6]:PORT', got {listen!r}")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon or ":" in host:
+            raise ValueError(
+                f"expected 'HOST:PORT' (IPv6 as '[::1]:9464'), got {listen!r}"
+            )
+    if not host:
+        raise ValueError(f"missing the host in {listen!r}")
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"expected a port number 0-65535 in {listen!r}, got {port_text!r}")
+    return host, int(port_text)
+
+
+def _count(event: Event) -> int:
+    count = event.data.get("count", 1)
+    if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+        return count
+    return 1
+
+
+def _label(value: object, default: str = "unknown") -> str:
+    # Free text in a label would make a new time series per message; keep it short.
+    return value[:64] if isinstance(value, str) and value else default
+
+
+class Metrics:
+    def __init__(self, config: MetricsConfig, *, version: str = __version__) -> None:
+        self.host, self._requested_port = parse_listen(config.listen)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._programs: set[str] = set()
+        self._breaker_models: set[str] = set()
+        self._define(version)
+
+    def _define(self, version: str) -> None:
+        r = self.registry
+        Info("clawsup", "The supervisor", registry=r).info(
+            {"version": version, "python": platform.python_version(),
+             "hostname": socket.gethostname()}
+        )
+        Gauge("clawsup_start_time_seconds", "When the supervisor started (Unix time)",
+              registry=r).set(time.time())
+        self.events = Counter("clawsup_events", "Events published, by kind", ["kind"],
+                              registry=r)
+        self.restarts = Counter("clawsup_restarts", "Program restarts, by reason",
+                                ["program", "reason"], registry=r)
+        self.exits = Counter("clawsup_exits", "Program exits, by reason",
+                             ["program", "reason"], registry=r)
+        self.hangs = Counter("clawsup_hangs", "Hangs detected (D state held too long)",
+                             ["program"], registry=r)
+        self.unkillable = Counter("clawsup_unkillable", "Processes still present after SIGKILL",
+                                  ["program"], registry=r)
+        self.crash_loops = Counter("clawsup_crash_loops", "Crash loops (program went FATAL)",
+                                   ["program"], registry=r)
+        self.zombie_leaks = Counter("clawsup_zombie_leaks", "Zombie leaks under a program",
+                                    ["program"], registry=r)
+        self.zombies_reaped = Counter("clawsup_zombies_reaped", "Zombie processes reaped",
+                                      registry=r)
+        self.liveness_failures = Counter("clawsup_liveness_failures",
+                                         "Liveness probes that failed past their threshold",
+                                         ["program"], registry=r)
+        self.message_timeouts = Counter("clawsup_message_timeouts",
+                                        "Gateway messages stuck past message_timeout",
+                                        ["program"], registry=r)
+        self.locks_removed = Counter("clawsup_orphan_locks_removed",
+                                     "Orphaned session locks removed", registry=r)
+        self.sessions_archived = Counter("clawsup_sessions_archived",
+                                         "Oversized sessions archived", registry=r)
+        self.archives_purged = Counter("clawsup_archives_purged",
+                                       "Session archives deleted after retention", registry=r)
+        self.breaker_opens = Counter("clawsup_breaker_opens", "Model breaker trips, by model",
+                                     ["model"], registry=r)
+        self.breaker_state = Gauge("clawsup_breaker_state",
+                                   "Model breaker state: 1 for the current one",
+                                   ["model", "state"], registry=r)
+        self.program_state = Gauge("clawsup_program_state",
+                                   "Program state: 1 for the current one",
+                                   ["program", "state"], registry=r)
+        self.program_uptime = Gauge("clawsup_program_uptime_seconds",
+                                    "Seconds since the program's current run started",
+                                    ["program"], registry=r)
+        self.program_hung = Gauge("clawsup_program_hung", "1 while the program is hung",
+                                  ["program"], registry=r)
+        self.program_restarts = Gauge("clawsup_program_restarts",
+                                      "Restarts since the supervisor started",
+                                      ["program"], registry=r)
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve ``/metrics``; raises MetricsError when the address cannot be bound."""
+        try:
+            self._server, self._thread = start_http_server(
+                self._requested_port, self.host, registry=self.registry
+            )
+        except OSError as error:
+            raise MetricsError(
+                f"cannot serve metrics on {self.host}:{self._requested_port}: {error}"
+            ) from error
+        log.info("metrics on http://%s/metrics", self.address)
+
+    @property
+    def port(self) -> int | None:
+        """The bound port (the real one when the config asked for port 0)."""
+        if self._server is None:
+            return None
+        return int(self._server.server_address[1])
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port if self.port is not None else self._requested_port}"
+
+    def close(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._server = None
+        self._thread = None
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def observe(self, event: Event) -> None:
+        """Event sink: move the counters."""
+        kind = event.kind
+        program = event.program or ""
+        self.events.labels(kind=kind).inc()
+        if kind == "restarted":
+            reason = _label(event.data.get("reason"))
+            self.restarts.labels(program=program, reason=reason).inc()
+        elif kind == "exited":
+            self.exits.labels(program=program, reason=_label(event.data.get("reason"))).inc()
+        elif kind == "hung":
+            self.hangs.labels(program=program).inc()
+        elif kind == "unkillable":
+            self.unkillable.labels(program=program).inc()
+        elif kind == "crash_loop":
+            self.crash_loops.labels(program=program).inc()
+        elif kind == "zombie_leak":
+            self.zombie_leaks.labels(program=program).inc()
+        elif kind == "reaped":
+            self.zombies_reaped.inc(_count(event))
+        elif kind == "liveness_failed":
+            self.liveness_failures.labels(program=program).inc()
+        elif kind == "message_timeout":
+            self.message_timeouts.labels(program=program).inc()
+        elif kind == "orphan_lock":
+            self.locks_removed.inc(_count(event))
+        elif kind == "session_archived":
+            self.sessions_archived.inc(_count(event))
+        elif kind == "archive_purged":
+            self.archives_purged.inc(_count(event))
+        elif kind in ("breaker_open", "breaker_half_open", "breaker_closed"):
+            self._observe_breaker(event)
+
+    def _observe_breaker(self, event: Event) -> None:
+        model = event.data.get("model")
+        state = event.data.get("state")
+        if not isinstance(model, str) or state not in BREAKER_STATES:
+            return
+        if event.kind == "breaker_open":
+            self.breaker_opens.labels(model=model).inc()
+        self._set_breaker_state(model, str(state))
+
+    def update_breaker(self, status: BreakerStatus | None) -> None:
+        """The breaker's status (None: no breaker); clears models no longer primary."""
+        if status is None or status.model is None:
+            self._forget_breaker_models(keep=None)
+            return
+        self._forget_breaker_models(keep=status.model)
+        self._set_breaker_state(status.model, status.state)
+
+    def _set_breaker_state(self, model: str, current: str) -> None:
+        self._breaker_models.add(model)
+        for state in BREAKER_STATES:
+            self.breaker_state.labels(model=model, state=state).set(1 if state == current else 0)
+
+    def _forget_breaker_models(self, keep: str | None) -> None:
+        for model in self._breaker_models - {keep}:
+            for state in BREAKER_STATES:
+                self.breaker_state.remove(model, state)
+        self._breaker_models &= {keep} if keep is not None else set()
+
+    def update_programs(self, statuses: Iterable[ProgramStatus]) -> None:
+        """Gauges from the current program statuses; programs gone since are removed."""
+        seen: set[str] = set()
+        for status in statuses:
+            seen.add(status.name)
+            for state in PROGRAM_STATES:
+                self.program_state.labels(program=status.name, state=state).set(
+                    1 if state == status.state else 0
+                )
+            self.program_uptime.labels(program=status.name).set(status.uptime or 0.0)
+            self.program_hung.labels(program=status.name).set(1 if status.hung else 0)
+            self.program_restarts.labels(program=status.name).set(status.restarts)
+        for name in self._programs - seen:
+            for state in PROGRAM_STATES:
+                self.program_state.remove(name, state)
+            self.program_uptime.remove(name)
+            self.program_hung.remove(name)
+            self.program_restarts.remove(name)
+        self._programs = seen
