@@ -46,15 +46,6 @@ def test_huge_failure_count_overflows_to_max(quick_failures: int) -> None:
     assert backoff_delay(quick_failures, 0.5, 2.0, 30.0) == 30.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: backoff_delay(2000, 0.0, 2.0, 30.0) returns 30.0, not 0.0: the "
-        "OverflowError branch returns `maximum` without looking at `initial`. Reachable "
-        "with backoff.initial = 0 when quick failures are spaced wider than the crash-loop "
-        "window allows (the breaker never trips): after 1025 of them restarts wait max"
-    ),
-)
 def test_zero_initial_stays_zero_for_huge_failure_count() -> None:
     assert backoff_delay(2000, 0.0, 2.0, 30.0) == 0.0
 

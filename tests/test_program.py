@@ -332,20 +332,7 @@ def snapshot(h: Harness) -> tuple[Any, ...]:
 
 
 def _pair_param(state: State, trigger: Trigger) -> Any:
-    marks = []
-    if trigger is T.SPAWN_FAILED and state is not S.STARTING:
-        marks.append(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "bug: Program.spawn_failed() has no (state, SPAWN_FAILED) guard unlike every "
-                    "other trigger; outside STARTING it overwrites last_exit, bumps "
-                    "quick failures and raises AssertionError('illegal transition ...') "
-                    "instead of being ignored"
-                ),
-            )
-        )
-    return pytest.param(state, trigger, id=f"{state.name}-{trigger.name}", marks=marks)
+    return pytest.param(state, trigger, id=f"{state.name}-{trigger.name}")
 
 
 ALL_PAIRS = [_pair_param(state, trigger) for state in State for trigger in Trigger]
@@ -832,13 +819,6 @@ def test_hang_respawn_counts_toward_the_crash_loop() -> None:
     assert h.state is S.FATAL
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: Program.exited() in STOPPING after hang_detected() does 'restarts += 1' and "
-        "then _after_failure() adds another, so one respawn after a hang counts 2 restarts"
-    ),
-)
 def test_hang_respawn_counts_one_restart() -> None:
     h = harness()
     h.run_until_running()

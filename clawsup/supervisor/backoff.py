@@ -21,7 +21,7 @@ def backoff_delay(quick_failures: int, initial: float, factor: float, maximum: f
 
     ``quick_failures == 0`` means the last run was healthy: restart at once.
     """
-    if quick_failures <= 0:
+    if quick_failures <= 0 or initial <= 0.0:
         return 0.0
     # factor ** n overflows to inf for a long crash history; min() keeps it at the cap.
     try:

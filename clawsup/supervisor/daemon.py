@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from clawsup.protocol import Event, HealthReply, ProgramStatus
 from clawsup.supervisor import hang, procinfo
@@ -37,6 +37,23 @@ PR_SET_CHILD_SUBREAPER = 36
 MAX_LINE = 64 * 1024
 
 EventSink = Callable[[Event], None]
+# Routine events, logged at INFO; everything else is a recovery or a problem (WARNING).
+_INFO_EVENTS = frozenset({
+    "state", "backoff", "restarted", "exited", "reloaded", "model_changed",
+    "timezone_changed", "restart_requested", "breaker_closed", "breaker_half_open",
+})
+
+
+class ComponentError(Exception):
+    """A component could not start (the control socket is taken...): clawsup exits 1."""
+
+
+class Component(Protocol):
+    """Something that lives beside the programs for the supervisor's whole run."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class SystemClock:
@@ -90,6 +107,7 @@ class Supervisor:
         self._random = random.Random()
         # Hooks other components (janitor, control plane) attach to.
         self.exit_hooks: list[Callable[[Program, set[int]], None]] = []
+        self.components: list[Component] = []
 
     # -- the steps ------------------------------------------------------------------------
 
@@ -105,19 +123,35 @@ class Supervisor:
         self._install_signal_handlers()
         # 4. Reap anything that exited before we were ready (inherited children).
         self._reap()
-        # 5. Start the programs in the order the config lists them.
+        # 5. Create the programs, then bring up the components around them (control
+        #    socket, janitor...): stale locks are cleared and remembered settings applied
+        #    before the gateway starts.
         for name, program_config in self.config.programs.items():
             self._add_program(name, program_config)
+        started: list[Component] = []
+        try:
+            for component in self.components:
+                await component.start()
+                started.append(component)
+        except ComponentError as error:
+            log.error("%s", error)
+            for component in reversed(started):
+                await component.close()
+            self._remove_signal_handlers()
+            return 1
+        # 6. Start the programs in the order the config lists them.
         for program in list(self.programs.values()):
             if program.config.autostart:
                 program.start("autostart")
-        # 6. Wait for a stop signal, a shutdown request or a FATAL main program.
+        # 7. Wait for a stop signal, a shutdown request or a FATAL main program.
         await self._shutdown_requested.wait()
-        # 7. Stop everything in reverse order, then report the main program's status.
+        # 8. Stop everything in reverse order, then report the main program's status.
         if self._exit_code is None and self.main.state is State.FATAL:
             self._exit_code = self._fatal_status(self.main)
         await self._stop_all()
         self._reap()
+        for component in reversed(started):
+            await component.close()
         self._remove_signal_handlers()
         for watch in self._watches.values():
             for task in watch.tasks:
@@ -268,13 +302,12 @@ class Supervisor:
         self.emit(kind, program.name if program else None, message, data)
 
     def emit(self, kind: str, program: str | None, message: str,
-             data: dict[str, Any] | None = None) -> None:
+             data: dict[str, Any] | None = None, *, logged: bool = False) -> None:
+        """Publish an event to every sink; log it unless its source already did."""
         event = Event(ts=self.clock.time(), kind=kind, program=program, message=message,
                       data=data or {})
-        if kind == "state" or kind in ("backoff",):
-            log.info("%s", message)
-        elif kind not in ("reaped",):
-            log.warning("%s", message)
+        if not logged:
+            log.log(logging.INFO if kind in _INFO_EVENTS else logging.WARNING, "%s", message)
         for sink in self.sinks:
             try:
                 sink(event)

@@ -290,6 +290,18 @@ class Program:
         """The reaper got our process' wait status."""
         if self._run is None or (self.state, T.EXITED) not in TRANSITIONS:
             return
+        pid = self._run.pid
+        self._handle_exit(status)
+        last = self.last_exit
+        assert last is not None
+        restart = self.state in (State.STARTING, State.RUNNING, State.BACKOFF)
+        self.effects.publish(
+            self, "exited", f"{self.name} (pid {pid}) exited: {last.describe()}",
+            {"pid": pid, "code": last.code, "signal": last.signal, "reason": last.reason,
+             "restart": restart},
+        )
+
+    def _handle_exit(self, status: int) -> None:
         now = self.clock.monotonic()
         run_seconds = now - self._run.started
         code, signame = describe_status(status)
@@ -307,14 +319,14 @@ class Program:
                 return
             restart_reason, self._restart_reason = self._restart_reason, None
             self._start_reason = restart_reason
-            self.restarts += 1
             if restart_reason == "hung":
                 # A hang is a failure: it counts toward the crash-loop budget.
                 self._quick_failures = next_quick_failures(
                     self._quick_failures, run_seconds, self.config.backoff.reset_after
                 )
-                self._after_failure(T.EXITED, run_seconds, "hung")
+                self._after_failure(T.EXITED, run_seconds, "hung")  # counts the restart
             else:
+                self.restarts += 1
                 self._spawn(T.EXITED)
             return
 
@@ -334,6 +346,9 @@ class Program:
         self._after_failure(T.EXITED, run_seconds, reason)
 
     def spawn_failed(self, error: str) -> None:
+        """exec failed: there is no process. Only meaningful while STARTING without one."""
+        if self._run is not None or (self.state, T.SPAWN_FAILED) not in TRANSITIONS:
+            return
         self.last_exit = LastExit(code=None, signal=None, reason=f"spawn failed: {error}",
                                   at=self.clock.time())
         self._quick_failures = max(self._quick_failures + 1, 1)
@@ -425,6 +440,11 @@ class Program:
         self._run = _Run(pid=pid, started=self.clock.monotonic(), started_wall=self.clock.time())
         self.unkillable = False
         self.hung = False
+        if self.last_exit is not None and trigger is not T.START:
+            self.effects.publish(
+                self, "restarted", f"{self.name} restarted as pid {pid} ({self._start_reason})",
+                {"pid": pid, "reason": self._start_reason},
+            )
         if self.config.start_seconds <= 0:
             self._transition(State.STARTING, trigger, f"spawned pid {pid} ({self._start_reason})")
             self._running(T.START_SECONDS_ELAPSED)
