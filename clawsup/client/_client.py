@@ -1,0 +1,390 @@
+"""The control client's implementation; import it as ``clawsup.client``."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import msgspec
+import zmq
+
+from clawsup.protocol import (
+    IDEMPOTENT_COMMANDS,
+    DoneReply,
+    ErrorInfo,
+    Event,
+    HealthReply,
+    Incidents,
+    IncidentsReply,
+    ProgramReply,
+    Request,
+    Restart,
+    SetModel,
+    SetTimezone,
+    SettingReply,
+    Start,
+    Status,
+    StatusReply,
+    Stop,
+    VersionReply,
+    encode,
+)
+from clawsup.protocol import Health as _Health
+from clawsup.protocol import Reload as _Reload
+from clawsup.protocol import Shutdown as _Shutdown
+from clawsup.protocol import Signal as _Signal
+from clawsup.protocol import Version as _Version
+
+DEFAULT_ENDPOINT = "ipc:///run/clawsup/control.sock"
+DEFAULT_TIMEOUT = 5.0
+
+ReplyT = TypeVar("ReplyT", bound=msgspec.Struct)
+
+
+class ClawsupError(Exception):
+    """Anything that kept a control call from getting a successful answer."""
+
+
+class Unreachable(ClawsupError):
+    """Nothing answers at the endpoint: clawsup is not running, or we may not connect."""
+
+    def __init__(self, endpoint: str, reason: str = "is it running?") -> None:
+        super().__init__(f"cannot reach clawsup at {endpoint} ({reason})")
+        self.endpoint = endpoint
+        self.reason = reason
+
+
+class Timeout(Unreachable):
+    """Something listens at the endpoint but sent no reply within the timeout.
+
+    A command that is not idempotent may still have been carried out.
+    """
+
+    def __init__(self, endpoint: str, timeout: float) -> None:
+        super().__init__(endpoint, f"no answer within {timeout:g}s")
+        self.timeout = timeout
+
+
+class CommandFailed(ClawsupError):
+    """The supervisor refused or failed the command: ``{"ok": false, "error": ...}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} ({code})")
+        self.code = code
+        self.message = message
+
+
+class BadReply(ClawsupError):
+    """The reply was not what the protocol promises (a different server, or a bug)."""
+
+
+class _Outcome(msgspec.Struct):
+    """Just enough of any reply to tell success from failure."""
+
+    ok: bool
+    error: ErrorInfo | None = None
+
+
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+_outcome_decoder = msgspec.json.Decoder(_Outcome)
+_event_decoder = msgspec.json.Decoder(Event)
+_reply_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def _decoder_for(reply_type: type[ReplyT]) -> msgspec.json.Decoder[ReplyT]:
+    decoder = _reply_decoders.get(reply_type)
+    if decoder is None:
+        decoder = _reply_decoders[reply_type] = msgspec.json.Decoder(reply_type)
+    return decoder
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """``/run/clawsup/control.sock`` -> ``ipc:///run/clawsup/control.sock``."""
+    if "://" in endpoint:
+        return endpoint
+    return f"ipc://{os.path.abspath(endpoint)}"
+
+
+def default_endpoint() -> str:
+    return normalize_endpoint(os.environ.get("CLAWSUP_SOCKET") or DEFAULT_ENDPOINT)
+
+
+def events_endpoint_for(control_endpoint: str) -> str:
+    """The PUB socket beside an ipc control socket: ``<run_dir>/events.sock``."""
+    if not control_endpoint.startswith("ipc://"):
+        raise ClawsupError(
+            f"events are published on the ipc socket only; cannot derive it from {control_endpoint}"
+        )
+    return f"ipc://{Path(control_endpoint[len('ipc://') :]).parent / 'events.sock'}"
+
+
+def _ipc_path(endpoint: str) -> str | None:
+    return endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else None
+
+
+def _why_unreachable(path: str) -> str | None:
+    """Why an ipc socket file cannot be connected to, or None if something accepts.
+
+    Asked only after a call failed, so the happy path never makes this extra connection.
+    """
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except FileNotFoundError:
+        return "is it running?"
+    except PermissionError:
+        return f"permission denied on {path}"
+    except ConnectionRefusedError:
+        return "is it running? the socket file is left from a dead supervisor"
+    except OSError as exc:
+        return f"{exc.strerror}"
+    finally:
+        probe.close()
+    return None
+
+
+def _load_public_key(key: str | bytes | Path) -> bytes:
+    """A CURVE public key: z85 text, or a zmq certificate file (``NAME.key``)."""
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str) and len(key) == 40 and not os.path.exists(key):
+        return key.encode()
+    import zmq.auth
+
+    public, _secret = zmq.auth.load_certificate(key)
+    return public
+
+
+def _load_key_pair(keys: tuple[bytes, bytes] | str | Path) -> tuple[bytes, bytes]:
+    """A CURVE (public, secret) pair: as bytes, or from a ``NAME.key_secret`` file."""
+    if isinstance(keys, tuple):
+        return keys
+    import zmq.auth
+
+    public, secret = zmq.auth.load_certificate(keys)
+    if secret is None:
+        raise ClawsupError(f"{keys} holds no secret key: give the .key_secret file")
+    return public, secret
+
+
+class Client:
+    """A synchronous connection to the control socket. Not thread-safe: one per thread.
+
+    ``timeout`` bounds each attempt. Commands that are safe to repeat
+    (``IDEMPOTENT_COMMANDS``) are sent ``retries`` more times, each on a fresh socket,
+    before giving up; the others are sent once, because a reply lost in a timeout may
+    belong to a command that was carried out.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        curve_server_key: str | bytes | Path | None = None,
+        curve_client_keys: tuple[bytes, bytes] | str | Path | None = None,
+        *,
+        retries: int = 1,
+        events_endpoint: str | None = None,
+    ) -> None:
+        self.endpoint = normalize_endpoint(endpoint) if endpoint else default_endpoint()
+        self.timeout = timeout
+        self.retries = retries
+        self._events_endpoint = events_endpoint
+        self._curve: tuple[bytes, bytes, bytes] | None = None
+        if curve_server_key is not None:
+            if curve_client_keys is None:
+                # A throwaway identity: enough for a server that lets any key in.
+                curve_client_keys = zmq.curve_keypair()
+            public, secret = _load_key_pair(curve_client_keys)
+            self._curve = (_load_public_key(curve_server_key), public, secret)
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+
+    # -- transport ---------------------------------------------------------------------
+
+    def _context(self) -> zmq.Context[zmq.Socket[bytes]]:
+        if self._ctx is None:
+            self._ctx = zmq.Context()
+        return self._ctx
+
+    def _socket(self) -> zmq.Socket[bytes]:
+        if self._sock is None:
+            sock = self._context().socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            self._apply_curve(sock)
+            sock.connect(self.endpoint)
+            self._sock = sock
+        return self._sock
+
+    def _apply_curve(self, sock: zmq.Socket[bytes]) -> None:
+        if self._curve is not None:
+            server, public, secret = self._curve
+            sock.curve_serverkey = server
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+
+    def _drop_socket(self) -> None:
+        # A REQ that sent and got no reply cannot send again: start over with a new one.
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def _check_reachable(self) -> None:
+        path = _ipc_path(self.endpoint)
+        if path is not None:
+            reason = _why_unreachable(path)
+            if reason is not None:
+                raise Unreachable(self.endpoint, reason)
+
+    def request_raw(self, request: Request, timeout: float | None = None) -> bytes:
+        """Send one request and return the reply frame as the supervisor wrote it."""
+        timeout = self.timeout if timeout is None else timeout
+        path = _ipc_path(self.endpoint)
+        if path is not None and not os.path.exists(path):
+            # Fail at once: an ipc connect to a missing file would only time out.
+            raise Unreachable(self.endpoint)
+        frame = encode(request)
+        attempts = 1 + (self.retries if request.__struct_config__.tag in IDEMPOTENT_COMMANDS else 0)
+        for _ in range(attempts):
+            sock = self._socket()
+            sock.send(frame)
+            if sock.poll(round(timeout * 1000), zmq.POLLIN):
+                return sock.recv()
+            self._drop_socket()
+        self._check_reachable()
+        raise Timeout(self.endpoint, timeout)
+
+    def request(
+        self, request: Request, reply_type: type[ReplyT], timeout: float | None = None
+    ) -> ReplyT:
+        """Send ``request``; return its reply as ``reply_type`` or raise ``ClawsupError``."""
+        return self.decode_reply(self.request_raw(request, timeout), reply_type)
+
+    @staticmethod
+    def decode_reply(frame: bytes, reply_type: type[ReplyT]) -> ReplyT:
+        try:
+            outcome = _outcome_decoder.decode(frame)
+            if not outcome.ok:
+                if outcome.error is None:
+                    raise BadReply(f"clawsup replied ok=false without an error: {frame!r:.200}")
+                raise CommandFailed(outcome.error.code, outcome.error.message)
+            return _decoder_for(reply_type).decode(frame)
+        except _DECODE_ERRORS as exc:
+            raise BadReply(f"unexpected reply from clawsup ({exc}): {frame!r:.200}") from exc
+
+    # -- commands ------------------------------------------------------------------------
+
+    def status(self) -> StatusReply:
+        return self.request(Status(), StatusReply)
+
+    def start(
+        self, program: str | None = None, wait: bool = True, timeout: float | None = None
+    ) -> ProgramReply:
+        return self.request(Start(program=program, wait=wait), ProgramReply, timeout)
+
+    def stop(
+        self, program: str | None = None, wait: bool = True, timeout: float | None = None
+    ) -> ProgramReply:
+        return self.request(Stop(program=program, wait=wait), ProgramReply, timeout)
+
+    def restart(
+        self,
+        program: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        reason: str | None = None,
+    ) -> ProgramReply:
+        """Restart ``program`` (the main one by default). With ``wait`` the reply comes
+        when it is RUNNING again, which can take longer than the default timeout."""
+        return self.request(
+            Restart(program=program, wait=wait, reason=reason), ProgramReply, timeout
+        )
+
+    def signal(self, sig: str | int, program: str | None = None) -> ProgramReply:
+        """Send a signal (``"HUP"``, ``"SIGHUP"`` or a number) to a program's group."""
+        return self.request(_Signal(signal=str(sig), program=program), ProgramReply)
+
+    def set_model(self, model: str) -> SettingReply:
+        return self.request(SetModel(model=model), SettingReply)
+
+    def set_timezone(self, zone: str) -> SettingReply:
+        return self.request(SetTimezone(timezone=zone), SettingReply)
+
+    def health(self) -> HealthReply:
+        return self.request(_Health(), HealthReply)
+
+    def reload(self) -> DoneReply:
+        return self.request(_Reload(), DoneReply)
+
+    def shutdown(self) -> DoneReply:
+        return self.request(_Shutdown(), DoneReply)
+
+    def version(self) -> VersionReply:
+        return self.request(_Version(), VersionReply)
+
+    def incidents(self, since: float | None = None, limit: int = 20) -> IncidentsReply:
+        """Incident counts and the latest ones; ``since`` is seconds before now."""
+        return self.request(Incidents(since=since, limit=limit), IncidentsReply)
+
+    def events(
+        self, kinds: Iterable[str] | None = None, timeout: float | None = None
+    ) -> Iterator[Event]:
+        """Follow the PUB stream, yielding events (of ``kinds``, if given) as they come.
+
+        See ``event_frames``, which this wraps.
+        """
+        for _frame, event in self.event_frames(kinds, timeout):
+            yield event
+
+    def event_frames(
+        self, kinds: Iterable[str] | None = None, timeout: float | None = None
+    ) -> Iterator[tuple[bytes, Event]]:
+        """Follow the PUB stream: each event as published (the raw frame) and decoded.
+
+        Checks first that the supervisor answers, since a SUB would wait silently forever
+        on a socket nobody publishes on. ``timeout``, if given, ends the iteration after
+        that many seconds without an event. Events published before the subscription is
+        connected are not seen (PUB/SUB does not replay).
+        """
+        self.version()
+        wanted = frozenset(kinds) if kinds else None
+        endpoint = self._events_endpoint or events_endpoint_for(self.endpoint)
+        sub = self._context().socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._apply_curve(sub)
+        sub.connect(endpoint)
+        try:
+            while sub.poll(None if timeout is None else round(timeout * 1000), zmq.POLLIN):
+                frame = sub.recv()
+                try:
+                    event = _event_decoder.decode(frame)
+                except _DECODE_ERRORS as exc:
+                    raise BadReply(f"unexpected event ({exc}): {frame!r:.200}") from exc
+                if wanted is None or event.kind in wanted:
+                    yield frame, event
+        finally:
+            sub.close(linger=0)
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._drop_socket()
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
