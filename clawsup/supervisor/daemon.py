@@ -108,6 +108,7 @@ class Supervisor:
         # Hooks other components (janitor, control plane) attach to.
         self.exit_hooks: list[Callable[[Program, set[int]], None]] = []
         self.components: list[Component] = []
+        self.reload_hooks: list[Callable[[Config, Config], None]] = []
 
     # -- the steps ------------------------------------------------------------------------
 
@@ -554,7 +555,8 @@ class Supervisor:
         except ConfigError as error:
             self.emit("reload_failed", None, f"config reload failed, keeping the old one: {error}")
             return f"config reload failed, keeping the old one: {error}"
-        old_programs = self.config.programs
+        old_config = self.config
+        old_programs = old_config.programs
         self.config = new
         for name in list(self.programs):
             if name not in new.programs:
@@ -571,6 +573,8 @@ class Supervisor:
                 program.config = program_config
                 if program.state in (State.STARTING, State.RUNNING, State.BACKOFF):
                     program.restart("config_changed")
+        for hook in self.reload_hooks:
+            hook(old_config, new)
         self.emit("reloaded", None, "config reloaded")
         return None
 

@@ -290,20 +290,21 @@ class Program:
         """The reaper got our process' wait status."""
         if self._run is None or (self.state, T.EXITED) not in TRANSITIONS:
             return
-        pid = self._run.pid
-        self._handle_exit(status)
+        self._handle_exit(status, self._run)
+
+    def _publish_exit(self, pid: int, restart: bool) -> None:
+        """The "exited" event, before whatever the exit leads to (a respawn...)."""
         last = self.last_exit
         assert last is not None
-        restart = self.state in (State.STARTING, State.RUNNING, State.BACKOFF)
         self.effects.publish(
             self, "exited", f"{self.name} (pid {pid}) exited: {last.describe()}",
             {"pid": pid, "code": last.code, "signal": last.signal, "reason": last.reason,
              "restart": restart},
         )
 
-    def _handle_exit(self, status: int) -> None:
+    def _handle_exit(self, status: int, run: _Run) -> None:
         now = self.clock.monotonic()
-        run_seconds = now - self._run.started
+        run_seconds = now - run.started
         code, signame = describe_status(status)
         self._cancel_timer()
         self._run = None
@@ -314,6 +315,7 @@ class Program:
             if was_unkillable:
                 reason += "; finally exited after being unkillable"
             self.last_exit = LastExit(code=code, signal=signame, reason=reason, at=self.clock.time())
+            self._publish_exit(run.pid, restart=self._restart_reason is not None)
             if self._restart_reason is None:
                 self._transition(State.STOPPED, T.EXITED, f"stopped ({self.last_exit.describe()})")
                 return
@@ -334,7 +336,9 @@ class Program:
         reason = "exited" if expected else "crashed"
         self.last_exit = LastExit(code=code, signal=signame, reason=reason, at=self.clock.time())
         policy = self.config.autorestart
-        if policy == "never" or (policy == "on-failure" and expected):
+        stays_down = policy == "never" or (policy == "on-failure" and expected)
+        self._publish_exit(run.pid, restart=not stays_down)
+        if stays_down:
             self._transition(State.EXITED, T.EXITED, self.last_exit.describe())
             return
         self._quick_failures = next_quick_failures(

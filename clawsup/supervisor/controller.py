@@ -1,0 +1,423 @@
+"""What operators and skills ask for, from any door: the control socket, the old
+``restart.flag``, ops-request files and the model breaker all end up here.
+
+Each command is validated, carried out through the Supervisor (which owns the programs)
+and answered with a typed reply. Nothing here raises into the control server: every
+failure is an ``ErrorReply`` that says what could not be done and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from clawsup import __version__
+from clawsup.protocol import (
+    BAD_VALUE,
+    FAILED,
+    INVALID_STATE,
+    UNKNOWN_PROGRAM,
+    DoneReply,
+    ErrorReply,
+    Health,
+    Incidents,
+    IncidentsReply,
+    ProgramReply,
+    Reload,
+    Request,
+    Restart,
+    SetModel,
+    SetTimezone,
+    SettingReply,
+    Shutdown,
+    Signal,
+    Start,
+    Status,
+    StatusReply,
+    Stop,
+    Version,
+    VersionReply,
+    error_reply,
+)
+from clawsup.protocol import HealthReply as HealthReplyType
+from clawsup.supervisor import settings
+from clawsup.supervisor.breaker import Decision, ModelBreaker
+from clawsup.supervisor.config import Config, _signal_number, expand_path
+from clawsup.supervisor.daemon import Supervisor
+from clawsup.supervisor.incidents import IncidentLog
+from clawsup.supervisor.opsfiles import (
+    FlagError,
+    OpsInbox,
+    RestartFlag,
+    RestartRequest,
+    SetModelRequest,
+    SetTimezoneRequest,
+)
+from clawsup.supervisor.program import KILL_TIMEOUT, Program, State
+
+log = logging.getLogger("clawsup")
+
+Reply = (
+    StatusReply | HealthReplyType | ProgramReply | SettingReply | VersionReply | DoneReply
+    | IncidentsReply | ErrorReply
+)
+
+_SETTLED = (State.RUNNING, State.BACKOFF, State.FATAL, State.EXITED, State.STOPPED)
+# How long `restart`/`start` wait beyond the program's own timeouts before answering
+# with the state it is in.
+_WAIT_MARGIN = 30.0
+
+
+class Controller:
+    def __init__(self, supervisor: Supervisor, incidents: IncidentLog | None = None) -> None:
+        self.supervisor = supervisor
+        self.incidents = incidents
+        self.breaker: ModelBreaker | None = None
+        self._model_cache: tuple[float, str | None, str | None] | None = None
+        self._restart_flag: RestartFlag | None = None
+        self._ops: OpsInbox | None = None
+        self.configure(supervisor.config)
+
+    @property
+    def config(self) -> Config:
+        return self.supervisor.config
+
+    def configure(self, config: Config) -> None:
+        janitor = config.janitor
+        self._restart_flag = RestartFlag(janitor.restart_flag) if janitor.restart_flag else None
+        self._ops = OpsInbox(janitor.ops_requests) if janitor.ops_requests else None
+        if config.breaker is not None and config.breaker.fallbacks:
+            model, _ = self.current_settings()
+            self.breaker = ModelBreaker(config.breaker, model)
+        else:
+            self.breaker = None
+
+    # -- startup ------------------------------------------------------------------------------
+
+    def apply_overrides(self) -> None:
+        """Re-apply set_model / set_timezone from state_dir before the gateway starts."""
+        state_dir = self.config.supervisor.state_dir
+        overrides = settings.load_overrides(state_dir)
+        try:
+            for change in settings.apply_overrides(self.config.gateway_config, overrides):
+                log.info("re-applied %s = %r (was %r)", change.key, change.new, change.old)
+        except settings.SettingError as error:
+            log.error("cannot re-apply remembered settings: %s", error)
+        if overrides.timezone is not None:
+            self._gateway_program().extra_environment["TZ"] = overrides.timezone
+        if self.breaker is not None:
+            model, _ = self.current_settings()
+            self.breaker.set_primary(model, time.monotonic())
+
+    # -- the control socket ---------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Reply:
+        match request:
+            case Status():
+                return self.status()
+            case Health():
+                return self.health()
+            case Version():
+                return VersionReply(version=__version__)
+            case Start(program=name, wait=wait):
+                return await self._start(name, wait)
+            case Stop(program=name, wait=wait):
+                return await self._stop(name, wait)
+            case Restart(program=name, wait=wait, reason=reason):
+                return await self.restart(name, reason or "manual", wait)
+            case Signal(signal=signame, program=name):
+                return self._signal(signame, name)
+            case SetModel(model=model):
+                return self.set_model(model, "control socket")
+            case SetTimezone(timezone=zone):
+                return self.set_timezone(zone, "control socket")
+            case Reload():
+                error = self.supervisor.reload()
+                if error:
+                    return error_reply(FAILED, error)
+                return DoneReply(message="config reloaded")
+            case Shutdown():
+                self.supervisor.request_shutdown()
+                return DoneReply(message="shutting down")
+            case Incidents(since=since, limit=limit):
+                if self.incidents is None:
+                    return IncidentsReply(counts={}, latest=[])
+                return self.incidents.summary(since, time.time(), max(0, min(limit, 1000)))
+
+    def status(self) -> StatusReply:
+        model, zone = self.current_settings()
+        return StatusReply(
+            programs=self.supervisor.statuses(),
+            supervisor_pid=os.getpid(),
+            supervisor_uptime=time.monotonic() - self.supervisor.started_at,
+            version=__version__,
+            model=model,
+            timezone=zone,
+            breaker=self.breaker.status(time.monotonic()) if self.breaker else None,
+        )
+
+    def health(self) -> HealthReplyType:
+        reply = self.supervisor.health()
+        if self.breaker is not None and self.breaker.state != "closed":
+            reasons = [*reply.reasons, f"model breaker is {self.breaker.state}"]
+            return HealthReplyType(healthy=False, reasons=reasons)
+        return reply
+
+    def _program(self, name: str | None) -> Program | ErrorReply:
+        if name is None:
+            return self.supervisor.main
+        program = self.supervisor.programs.get(name)
+        if program is None:
+            known = ", ".join(self.supervisor.programs)
+            return error_reply(UNKNOWN_PROGRAM, f"no program named {name!r} (known: {known})")
+        return program
+
+    def _gateway_program(self) -> Program:
+        name = self.config.gateway_config.program
+        return self.supervisor.programs[name] if name else self.supervisor.main
+
+    async def _start(self, name: str | None, wait: bool) -> Reply:
+        program = self._program(name)
+        if isinstance(program, ErrorReply):
+            return program
+        if program.state in (State.STARTING, State.RUNNING):
+            return error_reply(INVALID_STATE, f"{program.name} is already {program.state.value}")
+        if program.state is State.STOPPING:
+            return error_reply(INVALID_STATE, f"cannot start {program.name} while it is STOPPING")
+        program.start("started by operator")
+        if wait:
+            await self.supervisor.wait_for(
+                lambda: program.state in _SETTLED,
+                program.config.start_seconds + _WAIT_MARGIN,
+            )
+        return self._program_reply(program, "start")
+
+    async def _stop(self, name: str | None, wait: bool) -> Reply:
+        program = self._program(name)
+        if isinstance(program, ErrorReply):
+            return program
+        if program.state is State.STOPPED:
+            return error_reply(INVALID_STATE, f"{program.name} is already STOPPED")
+        program.stop("stopped by operator")
+        if wait:
+            await self.supervisor.wait_for(
+                lambda: program.state is State.STOPPED or program.unkillable,
+                program.config.stop_timeout + KILL_TIMEOUT + _WAIT_MARGIN,
+            )
+        if program.unkillable:
+            return error_reply(
+                FAILED, f"{program.name} is still present after SIGKILL (stuck in the kernel)"
+            )
+        return ProgramReply(program=program.name, state=program.state.value, pid=program.pid,
+                            message=f"{program.name} is {program.state.value}")
+
+    async def restart(self, name: str | None, reason: str, wait: bool) -> Reply:
+        program = self._program(name)
+        if isinstance(program, ErrorReply):
+            return program
+        old_pid = program.pid
+        program.restart(reason)
+        if not wait:
+            return ProgramReply(program=program.name, state=program.state.value, pid=program.pid,
+                                message=f"restarting {program.name}")
+
+        def settled() -> bool:
+            if program.state is State.RUNNING:
+                return program.pid != old_pid
+            return program.state in _SETTLED or program.unkillable
+
+        timeout = (program.config.stop_timeout + KILL_TIMEOUT + program.config.start_seconds
+                   + _WAIT_MARGIN)
+        await self.supervisor.wait_for(settled, timeout)
+        return self._program_reply(program, "restart")
+
+    def _program_reply(self, program: Program, what: str) -> Reply:
+        if program.state is State.RUNNING:
+            return ProgramReply(program=program.name, state="RUNNING", pid=program.pid,
+                                message=f"{program.name} is RUNNING (pid {program.pid})")
+        if program.state is State.STARTING:
+            return ProgramReply(program=program.name, state="STARTING", pid=program.pid,
+                                message=f"{program.name} is STARTING")
+        why = program.last_exit.describe() if program.last_exit else program.state.value
+        if program.unkillable:
+            why = "the old process is still present after SIGKILL"
+        return error_reply(
+            FAILED, f"{what} of {program.name} failed: it is {program.state.value} ({why})"
+        )
+
+    def _signal(self, signame: str, name: str | None) -> Reply:
+        program = self._program(name)
+        if isinstance(program, ErrorReply):
+            return program
+        try:
+            signum = _signal_number(signame)
+        except ValueError as error:
+            return error_reply(BAD_VALUE, str(error))
+        pid = program.pid
+        if pid is None:
+            return error_reply(INVALID_STATE,
+                               f"cannot signal {program.name}: it is {program.state.value}")
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return error_reply(INVALID_STATE, f"cannot signal {program.name}: pid {pid} is gone")
+        return ProgramReply(program=program.name, state=program.state.value, pid=pid,
+                            message=f"sent {signal.Signals(signum).name} to {program.name}")
+
+    # -- settings -----------------------------------------------------------------------------
+
+    def current_settings(self) -> tuple[str | None, str | None]:
+        """(model, timezone) from the gateway's config, re-read only when it changed."""
+        gateway = self.config.gateway_config
+        path = expand_path(gateway.path)
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return None, None
+        if self._model_cache is not None and self._model_cache[0] == mtime:
+            return self._model_cache[1], self._model_cache[2]
+        try:
+            doc = settings.read_gateway_config(path)
+        except settings.SettingError as error:
+            log.debug("cannot read the gateway config: %s", error)
+            return None, None
+        model, zone = settings.get_key(doc, gateway.model_key), settings.get_key(
+            doc, gateway.timezone_key)
+        result = (model if isinstance(model, str) else None, zone if isinstance(zone, str) else None)
+        self._model_cache = (mtime, *result)
+        return result
+
+    def set_model(self, model: str, source: str, *, by_breaker: bool = False) -> Reply:
+        try:
+            change = settings.set_model(self.config.gateway_config, model)
+        except settings.SettingError as error:
+            return error_reply(BAD_VALUE, str(error))
+        if not by_breaker:
+            # The operator's choice is the new primary; the breaker's switches are not.
+            self._remember(model=model)
+            if self.breaker is not None:
+                self.breaker.set_primary(model, time.monotonic())
+        applied = self._apply(change.changed)
+        self.supervisor.emit(
+            "model_changed", self._gateway_program().name,
+            f"model {change.old!r} -> {change.new!r} ({source})",
+            {"old": change.old, "new": change.new, "source": source, "applied": applied},
+        )
+        return SettingReply(key=change.key, old=change.old, new=change.new, applied=applied)
+
+    def set_timezone(self, zone: str, source: str) -> Reply:
+        try:
+            change = settings.set_timezone(self.config.gateway_config, zone)
+        except settings.SettingError as error:
+            return error_reply(BAD_VALUE, str(error))
+        self._remember(timezone=zone)
+        # The gateway reads userTimezone live; TZ is for what it formats through libc,
+        # and for every future start.
+        self._gateway_program().extra_environment["TZ"] = zone
+        applied = self._apply(change.changed)
+        self.supervisor.emit(
+            "timezone_changed", self._gateway_program().name,
+            f"time zone {change.old!r} -> {change.new!r} ({source})",
+            {"old": change.old, "new": change.new, "source": source, "applied": applied},
+        )
+        return SettingReply(key=change.key, old=change.old, new=change.new, applied=applied)
+
+    def _remember(self, **values: Any) -> None:
+        state_dir = self.config.supervisor.state_dir
+        current = settings.load_overrides(state_dir)
+        updated = settings.Overrides(
+            model=values.get("model", current.model),
+            timezone=values.get("timezone", current.timezone),
+            updated_at=None,
+        )
+        try:
+            settings.save_overrides(state_dir, updated)
+        except settings.SettingError as error:
+            log.error("the change is applied but will not survive a restart: %s", error)
+
+    def _apply(self, changed: bool) -> str:
+        if not changed:
+            return "unchanged"
+        if self.config.gateway_config.apply == "restart":
+            program = self._gateway_program()
+            program.restart("config_changed")
+            return "restart"
+        return "reload"
+
+    # -- the old watchdog's files ---------------------------------------------------------------
+
+    def poll_files(self) -> None:
+        """The restart flag and the ops-requests inbox; called every janitor interval."""
+        if self._restart_flag is not None:
+            try:
+                reason = self._restart_flag.take()
+            except FlagError as error:
+                log.error("%s", error)
+                reason = None
+            if reason is not None:
+                program = self.supervisor.main
+                why = f"restart flag: {reason}" if reason else "restart flag"
+                self.supervisor.emit("restart_requested", program.name,
+                                     f"{why}: restarting {program.name}",
+                                     {"reason": "restart_flag", "detail": reason})
+                program.restart("restart_flag")
+        if self._ops is None:
+            return
+        for pending in self._ops.take():
+            request = pending.request
+            reply: Reply
+            match request:
+                case RestartRequest(program=target_name, reason=ops_reason):
+                    target = self._program(target_name)
+                    if isinstance(target, ErrorReply):
+                        reply = target
+                    else:
+                        target.restart("ops_request")
+                        reply = ProgramReply(program=target.name, state=target.state.value,
+                                             pid=target.pid,
+                                             message=f"restarting {target.name}: {ops_reason or ''}")
+                case SetModelRequest(model=model):
+                    reply = self.set_model(model, f"ops request {pending.name}")
+                case SetTimezoneRequest(timezone=zone):
+                    reply = self.set_timezone(zone, f"ops request {pending.name}")
+                case _:
+                    continue
+            ok = not isinstance(reply, ErrorReply)
+            result: dict[str, Any] = (
+                {"code": reply.error.code, "message": reply.error.message}
+                if isinstance(reply, ErrorReply) else _as_dict(reply)
+            )
+            self._ops.finish(pending, ok, result)
+
+    # -- the model breaker ----------------------------------------------------------------------
+
+    def record_model_failure(self, why: str) -> None:
+        if self.breaker is None:
+            return
+        model, _ = self.current_settings()
+        self._act(self.breaker.record_failure(model, time.monotonic()), why)
+
+    def tick_breaker(self) -> None:
+        if self.breaker is not None:
+            self._act(self.breaker.tick(time.monotonic()), "timer")
+
+    def _act(self, decision: Decision | None, why: str) -> None:
+        if decision is None:
+            return
+        self.supervisor.emit(decision.kind, self._gateway_program().name, decision.message,
+                             {**decision.data, "cause": why})
+        if decision.switch_to is not None:
+            reply = self.set_model(decision.switch_to, "model breaker", by_breaker=True)
+            if isinstance(reply, ErrorReply):
+                log.error("the model breaker could not switch models: %s", reply.error.message)
+
+
+def _as_dict(reply: Reply) -> dict[str, Any]:
+    import msgspec
+
+    result: dict[str, Any] = msgspec.to_builtins(reply)
+    result.pop("ok", None)
+    return result
