@@ -269,6 +269,7 @@ class ControlServer:
         self._auth: zmq.auth.asyncio.AsyncioAuthenticator | None = None
         self._requests: set[asyncio.Task[None]] = set()
         self._started = False
+        self._closing = False
         self.tcp_endpoint: str | None = None  # as bound, with the real port
 
     @property
@@ -303,6 +304,7 @@ class ControlServer:
             self._lock.release()
             raise
         self._started = True
+        self._closing = False
         self._loop = asyncio.get_running_loop()
         for router in self._routers:
             self._loop.add_reader(router.fileno(), self._drain, router)
@@ -396,7 +398,7 @@ class ControlServer:
         The ZeroMQ FD is edge-triggered: it signals a change, not a level. So read until
         EAGAIN here, and call this again after every send, which can swallow the edge.
         """
-        while True:
+        while not self._closing:  # nothing new starts once close() has begun
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -467,6 +469,7 @@ class ControlServer:
         if not self._started:
             return  # the files in run_dir, if any, are not ours
         self._started = False
+        self._closing = True
         if self._loop is not None:
             for router in self._routers:
                 self._loop.remove_reader(router.fileno())
