@@ -74,5 +74,35 @@ def check(paths: tuple[str, ...]) -> None:
     click.echo(f"{', '.join(files)}: ok; programs: {names}")
 
 
+@main.command()
+@click.option("-s", "--scenario", "names", multiple=True, metavar="NAME[,NAME...]",
+              help="Play only these scenarios; repeat the option or separate names with commas.")
+@click.option("--list", "list_only", is_flag=True, help="List the scenarios and exit.")
+@click.option("--keep", is_flag=True,
+              help="Keep the temporary directory (config, clawsup.log, gateway home).")
+@click.option("-v", "--verbose", is_flag=True, help="Stream clawsup's own log to stderr.")
+def demo(names: tuple[str, ...], list_only: bool, keep: bool, verbose: bool) -> None:
+    """Watch clawsup recover the demo gateway; no config needed.
+
+    Each scenario breaks the gateway, prints what clawsup did and how long recovery
+    took; a summary table follows. Exits 0 when every scenario recovered, 1 otherwise.
+    """
+    from clawsup.demo.scenarios import (
+        UnknownScenario,
+        describe_scenarios,
+        run_demo,
+        select_scenarios,
+    )
+
+    if list_only:
+        click.echo(describe_scenarios())
+        return
+    try:
+        scenarios = select_scenarios(names)
+    except UnknownScenario as error:
+        raise click.BadParameter(str(error), param_hint="'--scenario'") from None
+    sys.exit(run_demo(scenarios, keep=keep, verbose=verbose))
+
+
 if __name__ == "__main__":
     main()
