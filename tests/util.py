@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import psutil
+
 T = TypeVar("T")
 
 FIXTURE_HOME = Path(__file__).parent / "fixtures" / "clawdbot-home"
@@ -116,10 +118,27 @@ class Clawsup:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
+        """Stop clawsup gracefully; failing that, kill it and every process under it.
+
+        Killing clawsup's own process group is not enough: each program leads a group
+        of its own, and would be orphaned.
+        """
         if self.proc.poll() is None:
+            try:
+                tree = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                tree = []
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, _signal.SIGKILL)
-            self.proc.wait(10)
+                os.kill(self.supervisor_pid, _signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, _signal.SIGKILL)
+                self.proc.wait(10)
+            for process in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
         self._log.close()
 
 

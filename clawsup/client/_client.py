@@ -378,6 +378,13 @@ class Client:
             self._ctx.term()
             self._ctx = None
 
+    def __del__(self) -> None:
+        # A Client dropped without close(): its socket must close before its context is
+        # terminated, or the context's own finalizer blocks in term() waiting for the
+        # socket, forever (seen as a test run hung inside a garbage collection).
+        if self._sock is not None or self._ctx is not None:
+            self.close()
+
     def __enter__(self) -> Client:
         return self
 

@@ -1,0 +1,298 @@
+"""The whole supervisor: control socket, janitor, settings and observability together,
+driving the demo gateway through real sockets, signals and files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clawsup.client import Client, CommandFailed
+from tests.util import Clawsup, copy_home, wait_until, write_config
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Demo:
+    """clawsup supervising the demo gateway in a temp home."""
+
+    def __init__(self, tmp_path: Path, extra: str = "", supervisor: str = "",
+                 env: dict[str, str] | None = None, janitor: str = "",
+                 tail: str = "") -> None:
+        self.tmp = tmp_path
+        self.home = tmp_path / "home"
+        if not self.home.exists():
+            copy_home(self.home)
+        self.control = self.home / ".demo-control"
+        self.port = _free_port()
+        command = [sys.executable, "-m", "clawsup.demo.gateway", "--home", str(self.home),
+                   "--port", str(self.port), "--shutdown-grace", "1"]
+        body = f"""
+[programs.gateway]
+command = {json.dumps(command)}
+main = true
+start_seconds = "200ms"
+stop_timeout = "3s"
+backoff = {{ initial = "100ms", factor = 2.0, max = "1s", reset_after = "2s" }}
+{extra}
+{tail}
+"""
+        self.config = write_config(tmp_path, body, supervisor=supervisor)
+        self.config.write_text(self.config.read_text().replace(
+            "[janitor]\n", f'[janitor]\ninterval = "200ms"\nlock_max_age = "2s"\n{janitor}\n', 1))
+        self.clawsup = Clawsup(self.config, tmp_path / f"clawsup-{time.monotonic_ns()}.log",
+                               env=env)
+        self.client = Client(f"ipc://{tmp_path}/run/control.sock", timeout=20)
+        wait_until(self._running, 20, what="gateway RUNNING")
+
+    def _running(self) -> bool:
+        if not (self.tmp / "run" / "control.sock").exists():
+            return False
+        try:
+            status = self.client.status()
+        except Exception:
+            return False
+        return status.programs[0].state == "RUNNING"
+
+    def gateway(self) -> tuple[str, int | None]:
+        program = self.client.status().programs[0]
+        return program.state, program.pid
+
+    def command(self, text: str) -> None:
+        name = f"{time.monotonic_ns()}.cmd"
+        (self.control / f".{name}").write_text(text)
+        os.rename(self.control / f".{name}", self.control / name)
+
+    def sessions(self) -> Path:
+        return self.home / "agents" / "main" / "sessions"
+
+    def stop(self) -> None:
+        self.clawsup.stop()
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Demo]:
+    instances: list[Demo] = []
+
+    def start(**kwargs: object) -> Demo:
+        instance = Demo(tmp_path, **kwargs)  # type: ignore[arg-type]
+        instances.append(instance)
+        return instance
+
+    yield start  # type: ignore[misc]
+    for instance in instances:
+        instance.stop()
+
+
+# -- control plane ----------------------------------------------------------------------
+
+
+def test_restart_replies_when_running_again_while_status_is_answered(demo) -> None:
+    d = demo()
+    _, old_pid = d.gateway()
+    d.command("message-slow 2 s1")  # the graceful stop waits for this message
+    wait_until(lambda: (d.sessions() / "s1.jsonl.lock").exists(), 10)
+    result: dict[str, object] = {}
+
+    def restart() -> None:
+        result["reply"] = Client(d.client.endpoint, timeout=30).restart()
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    # While the restart is in flight, other clients are answered at once.
+    states = set()
+    while thread.is_alive():
+        states.add(Client(d.client.endpoint, timeout=2).status().programs[0].state)
+    thread.join()
+    reply = result["reply"]
+    assert reply.state == "RUNNING"  # type: ignore[attr-defined]
+    assert reply.pid != old_pid  # type: ignore[attr-defined]
+    assert "STOPPING" in states
+
+
+def test_unknown_program_and_bad_signal_are_errors(demo) -> None:
+    d = demo()
+    with pytest.raises(CommandFailed) as error:
+        d.client.restart("nope")
+    assert error.value.code == "unknown_program"
+    with pytest.raises(CommandFailed) as error:
+        d.client.signal("SIGNOPE")
+    assert error.value.code == "bad_value"
+    assert d.gateway()[0] == "RUNNING"
+
+
+def test_set_model_keeps_other_keys_persists_and_is_reapplied(demo, tmp_path: Path) -> None:
+    d = demo()
+    config_file = d.home / "clawdbot.json"
+    reply = d.client.set_model("openai/gpt-5.2")
+    assert (reply.old, reply.new) == ("anthropic/claude-opus-4-5", "openai/gpt-5.2")
+    doc = json.loads(config_file.read_text())
+    assert doc["agents"]["defaults"]["model"] == {
+        "primary": "openai/gpt-5.2", "fallbacks": ["openai/gpt-5.2"]}
+    assert doc["channels"]["telegram"]["dmPolicy"] == "pairing"
+    assert doc["gateway"]["reload"]["debounceMs"] == 300
+    # The gateway applied it live (its own file watcher).
+    d.clawsup.wait_log("config reloaded: model=openai/gpt-5.2")
+    # A bad value changes nothing.
+    before = config_file.read_bytes()
+    for bad in ("", "no-slash", "a b/c", "x" * 10_000):
+        with pytest.raises(CommandFailed) as error:
+            d.client.set_model(bad)
+        assert error.value.code == "bad_value"
+    with pytest.raises(CommandFailed):
+        d.client.set_timezone("Mars/Base")
+    assert config_file.read_bytes() == before
+    # The choice survives clawsup itself: stop it, put the file back, start again.
+    d.client.shutdown()
+    assert d.clawsup.wait() == 0
+    config_file.write_text(config_file.read_text().replace("openai/gpt-5.2\"", "x/y\"", 1))
+    d2 = demo()
+    assert json.loads(config_file.read_text())["agents"]["defaults"]["model"]["primary"] == \
+        "openai/gpt-5.2"
+    assert d2.client.status().model == "openai/gpt-5.2"
+
+
+def test_set_timezone_sets_tz_for_future_starts(demo) -> None:
+    d = demo()
+    reply = d.client.set_timezone("Asia/Tokyo")
+    assert reply.new == "Asia/Tokyo"
+    d.client.restart()
+    # The demo gateway logs with TZ: +09:00 is Tokyo.
+    d.clawsup.wait_log("+09:00 [gateway] listening")
+
+
+def test_restart_flag_and_ops_requests(demo) -> None:
+    d = demo()
+    _, pid = d.gateway()
+    (d.home / "restart.flag").write_text("new skill installed")
+    wait_until(lambda: d.gateway()[1] not in (None, pid) and d.gateway()[0] == "RUNNING", 15)
+    assert not (d.home / "restart.flag").exists()
+    assert "restart flag: new skill installed" in d.clawsup.log()
+    inbox = d.home / "ops-requests"
+    inbox.mkdir()
+    (inbox / ".req-1.json.tmp").write_text('{"action": "set_timezone", "timezone": "UTC"}')
+    os.rename(inbox / ".req-1.json.tmp", inbox / "req-1.json")
+    (inbox / "req-2.json").write_text("{not json")
+    wait_until(lambda: (inbox / "done" / "req-1.json.result.json").exists(), 15)
+    wait_until(lambda: (inbox / "failed" / "req-2.json.result.json").exists(), 15)
+    done = json.loads((inbox / "done" / "req-1.json.result.json").read_text())
+    assert done["ok"] is True
+    assert done["result"]["new"] == "UTC"
+    failed = json.loads((inbox / "failed" / "req-2.json.result.json").read_text())
+    assert failed["ok"] is False
+
+
+def test_health_follows_the_main_program(demo) -> None:
+    d = demo()
+    ctl = [sys.executable, "-m", "clawsup.client.ctl", "--socket", d.client.endpoint]
+    assert d.client.health().healthy
+    assert subprocess.run([*ctl, "health"], timeout=30).returncode == 0
+    d.client.stop()
+    health = d.client.health()
+    assert not health.healthy
+    assert "gateway is STOPPED" in health.reasons
+    assert subprocess.run([*ctl, "health"], timeout=30).returncode == 1
+
+
+# -- janitor ----------------------------------------------------------------------------
+
+
+def test_locks_of_a_killed_gateway_are_gone_before_it_is_respawned(demo) -> None:
+    d = demo()
+    _, pid = d.gateway()
+    assert pid is not None
+    d.command("hold-lock s1")
+    lock = d.sessions() / "s1.jsonl.lock"
+    wait_until(lock.exists, 10)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: d.gateway()[1] not in (None, pid) and d.gateway()[0] == "RUNNING", 15)
+    log = d.clawsup.log()
+    removed = log.index(f"Removing orphan lock: {lock} (PID {pid} was our gateway")
+    respawned = log.index("spawned pid", log.index(f"(pid {pid}) exited"))
+    assert removed < respawned, "the lock must be gone before the new gateway starts"
+    # The new gateway can use the session at once: no "session file locked".
+    d.command("message s1")
+    wait_until(lambda: "message #1 in s1" in d.clawsup.log() or "answered" in d.clawsup.log(), 15)
+    assert "session file locked" not in d.clawsup.log()
+
+
+def test_stuck_message_restarts_the_gateway_and_clears_its_lock(demo) -> None:
+    d = demo(janitor='message_timeout = "1s"')
+    _, pid = d.gateway()
+    d.command("hold-lock stuck")
+    lock = d.sessions() / "stuck.jsonl.lock"
+    wait_until(lambda: d.gateway()[1] not in (None, pid) and d.gateway()[0] == "RUNNING", 20)
+    wait_until(lambda: not lock.exists(), 10)
+    assert "message_timeout" in d.clawsup.log()
+    incidents = d.client.incidents()
+    kinds = {incident.kind for incident in incidents.latest}
+    assert "message_timeout" in kinds
+
+
+def test_stale_lock_from_before_the_container_restart_is_removed_before_start(demo) -> None:
+    # The fixture holds a lock of PID 37 from hours ago: dead, or reused by a younger
+    # process; either way it is gone before the gateway starts.
+    d = demo()
+    log = d.clawsup.log()
+    lock = d.sessions() / "c0ffee00-1111-4222-8333-444455556666.jsonl.lock"
+    assert not lock.exists()
+    assert log.index(f"Removing orphan lock: {lock}") < log.index("spawned pid")
+
+
+# -- observability ----------------------------------------------------------------------
+
+
+def test_metrics_are_scraped_and_counters_move(demo) -> None:
+    port = _free_port()
+    d = demo(tail=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    text = wait_until(lambda: _try(scrape), 15)
+    assert 'clawsup_program_state{program="gateway",state="RUNNING"} 1.0' in text
+    d.client.restart()
+    wait_until(lambda: 'clawsup_restarts_total{program="gateway",reason="manual"} 1.0'
+               in (_try(scrape) or ""), 15, what="restart counted")
+
+
+def _try(function):  # type: ignore[no-untyped-def]
+    try:
+        return function()
+    except OSError:
+        return None
+
+
+def test_sd_notify_ready_when_not_pid1(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    receiver.settimeout(30)
+    d = Demo(tmp_path, env={"NOTIFY_SOCKET": path})
+    try:
+        messages = []
+        while not any(b"READY=1" in m for m in messages):
+            messages.append(receiver.recv(4096))
+        assert any(b"READY=1" in m for m in messages)
+        # The gateway does not inherit NOTIFY_SOCKET.
+        _, pid = d.gateway()
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"NOTIFY_SOCKET" not in environ
+    finally:
+        d.stop()
+        receiver.close()
