@@ -105,7 +105,7 @@ def test_restart_replies_when_running_again_while_status_is_answered(demo) -> No
     d = demo()
     _, old_pid = d.gateway()
     d.command("message-slow 2 s1")  # the graceful stop waits for this message
-    wait_until(lambda: (d.sessions() / "s1.jsonl.lock").exists(), 10)
+    wait_until((d.sessions() / "s1.jsonl.lock").exists, 10)
     result: dict[str, object] = {}
 
     def restart() -> None:
@@ -187,8 +187,8 @@ def test_restart_flag_and_ops_requests(demo) -> None:
     (inbox / ".req-1.json.tmp").write_text('{"action": "set_timezone", "timezone": "UTC"}')
     os.rename(inbox / ".req-1.json.tmp", inbox / "req-1.json")
     (inbox / "req-2.json").write_text("{not json")
-    wait_until(lambda: (inbox / "done" / "req-1.json.result.json").exists(), 15)
-    wait_until(lambda: (inbox / "failed" / "req-2.json.result.json").exists(), 15)
+    wait_until((inbox / "done" / "req-1.json.result.json").exists, 15)
+    wait_until((inbox / "failed" / "req-2.json.result.json").exists, 15)
     done = json.loads((inbox / "done" / "req-1.json.result.json").read_text())
     assert done["ok"] is True
     assert done["result"]["new"] == "UTC"
