@@ -32,6 +32,8 @@ from clawsup.supervisor.spawn import Spawned, reset_signal_state, spawn
 log = logging.getLogger("clawsup")
 
 PR_SET_CHILD_SUBREAPER = 36
+# How often the process tree under a program is walked (zombie count, owned PIDs).
+TREE_SCAN_INTERVAL = 5.0
 # Lines longer than this are cut; a program printing megabytes without a newline must
 # not make the supervisor buffer them.
 MAX_LINE = 64 * 1024
@@ -79,6 +81,8 @@ class _Watch:
     """Per-program sampling state (D state, zombies, liveness)."""
 
     d_state: hang.DState = hang.NOT_IN_D
+    stat: procinfo.StatReader | None = None
+    next_tree_scan: float = 0.0
     liveness: hang.Liveness = field(default_factory=hang.Liveness)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -445,7 +449,11 @@ class Supervisor:
             return
         now = self.clock.monotonic()
         child = self._children.get(pid)
-        state = procinfo.run_state(pid)
+        if watch.stat is None or watch.stat.pid != pid:
+            if watch.stat is not None:
+                watch.stat.close()
+            watch.stat = procinfo.StatReader(pid)
+        state = watch.stat.state()
         switches = procinfo.context_switches(pid) if state == "D" else None
         watch.d_state = hang.track_d_state(watch.d_state, state, switches, now)
         settings = program.config.hang
@@ -459,6 +467,11 @@ class Supervisor:
             watch.d_state = hang.NOT_IN_D
             program.hang_detected(description)
             return
+        if now < watch.next_tree_scan:
+            return
+        # Walking the process tree costs more than the D-state read; zombies pile up over
+        # minutes, so every few seconds is enough for them.
+        watch.next_tree_scan = now + TREE_SCAN_INTERVAL
         tree = procinfo.descendants(pid)
         if child is not None:
             child.group_pids.update(tree)

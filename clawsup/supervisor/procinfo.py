@@ -19,6 +19,39 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rfind(")") + 2 :].split()
 
 
+class StatReader:
+    """Reads one process' /proc/PID/stat through a descriptor kept open between samples.
+
+    A sample every second is mostly fixed cost; pread on an open descriptor saves the
+    path walk, open and close each time. The descriptor refers to that process only: once
+    it is gone the read fails with ESRCH, and a new PID gets a new reader.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._fd: int | None = None
+
+    def state(self) -> str | None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(f"/proc/{self.pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                return None
+        try:
+            raw = os.pread(self._fd, 4096, 0)
+        except (ProcessLookupError, OSError):
+            self.close()
+            return None
+        text = raw.decode("ascii", "replace")
+        fields = text[text.rfind(")") + 2 :].split()
+        return fields[0] if fields else None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def run_state(pid: int) -> str | None:
     """The one-letter state of the process' main thread (R, S, D, Z, T...), None if gone."""
     fields = _stat_fields(pid)
