@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from clawsup import __version__
+
+if TYPE_CHECKING:
+    from clawsup.supervisor.config import Config
 
 # Exit status for an unusable config: nothing was started.
 EXIT_CONFIG = 2
@@ -49,9 +53,23 @@ def run(paths: tuple[str, ...]) -> None:
         click.echo(f"clawsup: {error}", err=True)
         sys.exit(EXIT_CONFIG)
     _setup_logging(config.supervisor.log_level)
+    if not _needs_tls(config):
+        # asyncio imports ssl, which maps OpenSSL (about 4.5 MiB of RSS), for TLS that a
+        # supervisor without https alerts never uses. A None entry makes asyncio's own
+        # "try: import ssl" take its no-TLS path; PID 1 lives long, the memory counts.
+        sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     from clawsup.supervisor.service import run_service
 
     sys.exit(run_service(config, files))
+
+
+def _needs_tls(config: Config) -> bool:
+    alerts = config.alerts
+    if alerts is None:
+        return False
+    urls = [alerts.telegram.api_base if alerts.telegram else "",
+            alerts.webhook.url if alerts.webhook else ""]
+    return any(url.startswith("https:") for url in urls)
 
 
 @main.command()
