@@ -508,3 +508,20 @@ initial_delay = "0s"
     healthy.unlink()
     clawsup.wait_log("gw | up", count=2, timeout=20)
     assert "test exited with status 1" in clawsup.log()
+
+
+def test_crash_loop_backs_off_exponentially_then_goes_fatal(run_clawsup) -> None:
+    import re
+
+    body = program("raise SystemExit(1)").replace(
+        'backoff = { initial = "100ms", factor = 2.0, max = "1s", reset_after = "3s" }',
+        'backoff = { initial = "100ms", factor = 2.0, max = "1s", reset_after = "3s", '
+        "jitter = 0.0 }",
+    ) + 'crash_loop = { max_restarts = 4, window = "30s", cooldown = "60s" }\n'
+    clawsup = run_clawsup(body)
+    assert clawsup.wait(30) == 1, "FATAL with exit_on_fatal: the container must restart"
+    log = clawsup.log()
+    delays = [float(d) for d in re.findall(r"crashed, restarting in ([0-9.]+)s", log)]
+    assert delays == [0.1, 0.2, 0.4, 0.8]
+    assert "RUNNING -> FATAL (crash loop: 4 restarts within 30s" in log or \
+        "STARTING -> FATAL (crash loop: 4 restarts within 30s" in log
