@@ -53,9 +53,9 @@ def run(paths: tuple[str, ...]) -> None:
         click.echo(f"clawsup: {error}", err=True)
         sys.exit(EXIT_CONFIG)
     _setup_logging(config.supervisor.log_level)
-    if not _needs_tls(config):
+    if not _needs_ssl_module(config):
         # asyncio imports ssl, which maps OpenSSL (about 4.5 MiB of RSS), for TLS that a
-        # supervisor without https alerts never uses. A None entry makes asyncio's own
+        # supervisor without alerts or metrics never uses. A None entry makes asyncio's own
         # "try: import ssl" take its no-TLS path; PID 1 lives long, the memory counts.
         sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     from clawsup.supervisor.service import run_service
@@ -63,13 +63,10 @@ def run(paths: tuple[str, ...]) -> None:
     sys.exit(run_service(config, files))
 
 
-def _needs_tls(config: Config) -> bool:
-    alerts = config.alerts
-    if alerts is None:
-        return False
-    urls = [alerts.telegram.api_base if alerts.telegram else "",
-            alerts.webhook.url if alerts.webhook else ""]
-    return any(url.startswith("https:") for url in urls)
+def _needs_ssl_module(config: Config) -> bool:
+    """Whether anything configured imports ssl: https alerts, and prometheus_client
+    (whose exposition module imports it at import time)."""
+    return config.alerts is not None or config.metrics is not None
 
 
 @main.command()

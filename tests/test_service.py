@@ -296,3 +296,47 @@ def test_sd_notify_ready_when_not_pid1(tmp_path: Path) -> None:
     finally:
         d.stop()
         receiver.close()
+
+
+def test_telegram_alert_reaches_a_bot_api_server_when_the_gateway_crashes(demo) -> None:
+    import http.server
+
+    received: list[dict[str, object]] = []
+
+    class BotApi(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append({"path": self.path, **json.loads(body)})
+            reply = b'{"ok": true, "result": {}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BotApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        d = demo(
+            env={"CLAWSUP_TELEGRAM_TOKEN": "123:secret"},
+            tail=f"""
+[alerts]
+events = ["exited", "crash_loop"]
+quiet_period = "1m"
+[alerts.telegram]
+chat_id = "4242"
+api_base = "http://127.0.0.1:{server.server_port}"
+""",
+        )
+        d.command("crash 3")
+        wait_until(lambda: received, 20, what="a sendMessage call")
+        call = received[0]
+        assert call["path"] == "/bot123:secret/sendMessage"
+        assert call["chat_id"] == "4242"
+        assert "exit 3" in str(call["text"])
+        assert d.gateway()[0] in ("RUNNING", "STARTING", "BACKOFF")
+    finally:
+        server.shutdown()
