@@ -26,10 +26,16 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _config_paths(paths: tuple[str, ...]) -> list[str]:
-    from clawsup.supervisor.config import default_config_path
+def _load(paths: tuple[str, ...]) -> tuple[list[str], Config]:
+    """The config files named (or the default one) as one Config; exit 2 if unusable."""
+    from clawsup.supervisor.config import ConfigError, default_config_path, load_config
 
-    return list(paths) or [default_config_path()]
+    files = list(paths) or [default_config_path()]
+    try:
+        return files, load_config(*files)
+    except ConfigError as error:
+        click.echo(f"clawsup: {error}", err=True)
+        sys.exit(EXIT_CONFIG)
 
 
 @click.group()
@@ -44,14 +50,7 @@ def main() -> None:
                    "Given twice, the second overrides keys of the first.")
 def run(paths: tuple[str, ...]) -> None:
     """Run the supervisor in the foreground (the container's ENTRYPOINT)."""
-    from clawsup.supervisor.config import ConfigError, load_config
-
-    files = _config_paths(paths)
-    try:
-        config = load_config(*files)
-    except ConfigError as error:
-        click.echo(f"clawsup: {error}", err=True)
-        sys.exit(EXIT_CONFIG)
+    files, config = _load(paths)
     _setup_logging(config.supervisor.log_level)
     if not _needs_ssl_module(config):
         # asyncio imports ssl, which maps OpenSSL (about 4.5 MiB of RSS), for TLS that a
@@ -75,14 +74,7 @@ def _needs_ssl_module(config: Config) -> bool:
                    "/etc/clawsup/clawsup.toml).")
 def check(paths: tuple[str, ...]) -> None:
     """Validate a config; print what is wrong with file and key."""
-    from clawsup.supervisor.config import ConfigError, load_config
-
-    files = _config_paths(paths)
-    try:
-        config = load_config(*files)
-    except ConfigError as error:
-        click.echo(f"clawsup: {error}", err=True)
-        sys.exit(EXIT_CONFIG)
+    files, config = _load(paths)
     names = ", ".join(
         f"{name} (main)" if program.main else name for name, program in config.programs.items()
     )

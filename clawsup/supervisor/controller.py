@@ -27,6 +27,7 @@ from clawsup.protocol import (
     IncidentsReply,
     ProgramReply,
     Reload,
+    Reply,
     Request,
     Restart,
     SetModel,
@@ -60,10 +61,6 @@ from clawsup.supervisor.program import KILL_TIMEOUT, Program, State
 
 log = logging.getLogger("clawsup")
 
-Reply = (
-    StatusReply | HealthReplyType | ProgramReply | SettingReply | VersionReply | DoneReply
-    | IncidentsReply | ErrorReply
-)
 
 _SETTLED = (State.RUNNING, State.BACKOFF, State.FATAL, State.EXITED, State.STOPPED)
 # How long `restart`/`start` wait beyond the program's own timeouts before answering
