@@ -270,3 +270,25 @@ def test_events_iterator_follows_the_pub_stream_with_a_kind_filter(
 def test_events_need_a_running_supervisor(tmp_path: Path) -> None:
     with Client(f"ipc://{tmp_path}/control.sock") as client, pytest.raises(Unreachable):
         next(client.events())
+
+
+def test_close_with_an_unfinished_events_generator_does_not_hang(server: ServerThread) -> None:
+    client = Client(server.endpoint)
+    events = client.events(timeout=10)
+    stop = threading.Event()
+
+    def publish_until_stopped() -> None:
+        # Keep publishing: the SUB misses whatever comes before it is connected.
+        while not stop.wait(0.02):
+            server.publish(Event(ts=1.0, kind="tick"))
+
+    publisher = threading.Thread(target=publish_until_stopped)
+    publisher.start()
+    try:
+        assert next(events).kind == "tick"
+    finally:
+        stop.set()
+        publisher.join()
+    began = time.monotonic()
+    client.close()  # the generator still holds its SUB socket open
+    assert time.monotonic() - began < 1

@@ -375,7 +375,9 @@ class Client:
     def close(self) -> None:
         self._drop_socket()
         if self._ctx is not None:
-            self._ctx.term()
+            # destroy(), not term(): it also closes an events() SUB socket still open in a
+            # generator nobody finished, which term() would wait for forever.
+            self._ctx.destroy(linger=0)
             self._ctx = None
 
     def __del__(self) -> None:
