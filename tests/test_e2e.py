@@ -663,11 +663,6 @@ def test_shipped_config_as_pid1_recovers_from_everything(e2e: E2E) -> None:
           f"written, {len(e2e.ledger.seen)} lines seen")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "clawsup bug: incidents.py says manual restarts are not incidents, but "
-    "Program._publish_exit marks every exit followed by a respawn restart=True "
-    "(clawsupctl restart, restart.flag and ops requests included) and is_incident() "
-    "counts every such 'exited' event"))
 def test_operator_restarts_are_not_incidents(e2e: E2E) -> None:
     gateway = e2e.running(timeout=20, what="the first gateway RUNNING")
     e2e.ctl_ok("restart")

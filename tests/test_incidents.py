@@ -73,10 +73,13 @@ def test_routine_kinds_are_not_incidents(kind: str) -> None:
     assert not is_incident(event(kind))
 
 
-def test_an_exit_is_an_incident_only_when_a_restart_follows() -> None:
+def test_an_exit_is_an_incident_only_when_the_program_crashed() -> None:
     assert is_incident(event("exited", restart=True, reason="crashed"))
     assert not is_incident(event("exited", restart=False, reason="stopped"))
     assert not is_incident(event("exited"))
+    # Restarts an operator asked for are not recoveries.
+    for asked in ("manual", "restart_flag", "ops_request", "clawsupctl restart"):
+        assert not is_incident(event("exited", restart=True, reason=asked))
 
 
 def test_rotates_at_max_bytes_and_keeps_n_files(tmp_path: Path) -> None:
@@ -112,7 +115,7 @@ def test_summary_counts_per_day_and_kind_across_rotated_files(tmp_path: Path) ->
     log.observe(event("hung", ts=DAY1 + 60))
     log.observe(event("orphan_lock", ts=DAY1 + 120))
     log.observe(event("message_timeout", ts=DAY2))
-    log.observe(event("exited", ts=DAY2 + 1, restart=True))
+    log.observe(event("exited", ts=DAY2 + 1, restart=True, reason="crashed"))
     assert (tmp_path / "incidents.jsonl.1").exists()
     reply = log.summary(since_seconds=None, now=DAY2 + 10, limit=3)
     assert reply.counts == {
@@ -120,7 +123,7 @@ def test_summary_counts_per_day_and_kind_across_rotated_files(tmp_path: Path) ->
         "2026-01-11": {"message_timeout": 1, "exited": 1},
     }
     assert [i.kind for i in reply.latest] == ["orphan_lock", "message_timeout", "exited"]
-    assert reply.latest[-1].data == {"restart": True}
+    assert reply.latest[-1].data == {"restart": True, "reason": "crashed"}
 
 
 def test_summary_since_looks_back_from_now(tmp_path: Path) -> None:

@@ -66,7 +66,12 @@ backoff = {{ initial = "100ms", factor = 2.0, max = "1s", reset_after = "2s" }}
             status = self.client.status()
         except Exception:
             return False
-        return status.programs[0].state == "RUNNING"
+        program = status.programs[0]
+        # RUNNING comes after start_seconds; the demo gateway's own "ready" file (its pid)
+        # says it is listening and watching its control directory.
+        ready = self.control / "ready"
+        return (program.state == "RUNNING" and ready.exists()
+                and ready.read_text().strip() == str(program.pid))
 
     def gateway(self) -> tuple[str, int | None]:
         program = self.client.status().programs[0]

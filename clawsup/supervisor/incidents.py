@@ -52,8 +52,11 @@ _decoder = msgspec.json.Decoder(Incident)
 
 
 def is_incident(event: Event) -> bool:
+    """A recovery worth counting. An exit is one only when the program crashed: exits
+    that clawsup caused (a hang, a liveness failure... ) have their own incident, and
+    those an operator asked for (restart, restart.flag, ops requests) are none."""
     if event.kind == "exited":
-        return bool(event.data.get("restart"))
+        return event.data.get("reason") == "crashed"
     return event.kind in INCIDENT_KINDS
 
 
