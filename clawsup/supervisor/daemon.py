@@ -82,6 +82,15 @@ class _Watch:
 
     d_state: hang.DState = hang.NOT_IN_D
     stat: procinfo.StatReader | None = None
+    sampler: asyncio.TimerHandle | None = None
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.sampler is not None:
+            self.sampler.cancel()
+        if self.stat is not None:
+            self.stat.close()
     next_tree_scan: float = 0.0
     liveness: hang.Liveness = field(default_factory=hang.Liveness)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -159,8 +168,7 @@ class Supervisor:
             await component.close()
         self._remove_signal_handlers()
         for watch in self._watches.values():
-            for task in watch.tasks:
-                task.cancel()
+            watch.cancel()
         return self._final_status()
 
     def request_shutdown(self, exit_code: int | None = None) -> None:
@@ -403,7 +411,7 @@ class Supervisor:
         self._watches[name] = watch
         assert self._loop is not None
         if program_config.hang.enabled:
-            watch.tasks.append(self._loop.create_task(self._sample_loop(program, watch)))
+            self._schedule_sample(program, watch)
         if program_config.liveness is not None:
             watch.tasks.append(self._loop.create_task(self._liveness_loop(program, watch)))
         return program
@@ -437,10 +445,22 @@ class Supervisor:
 
     # -- hang detection ---------------------------------------------------------------------
 
-    async def _sample_loop(self, program: Program, watch: _Watch) -> None:
-        while True:
-            await asyncio.sleep(program.config.hang.sample_interval)
+    def _schedule_sample(self, program: Program, watch: _Watch) -> None:
+        # A bare timer callback, not a task sleeping in a loop: this runs every second for
+        # the supervisor's whole life, and a task's wake-up (future, timer, two passes of
+        # the event loop) cost three times the sample itself in idle CPU.
+        assert self._loop is not None
+        watch.sampler = self._loop.call_later(
+            program.config.hang.sample_interval, self._sample_tick, program, watch
+        )
+
+    def _sample_tick(self, program: Program, watch: _Watch) -> None:
+        if self.programs.get(program.name) is not program:
+            return  # removed by a reload
+        try:
             self.sample(program, watch)
+        finally:
+            self._schedule_sample(program, watch)
 
     def sample(self, program: Program, watch: _Watch) -> None:
         pid = program.pid
@@ -596,8 +616,7 @@ class Supervisor:
             await self.wait_for(lambda: program.state is not State.STOPPING, None)
             watch = self._watches.pop(program.name, None)
             if watch is not None:
-                for task in watch.tasks:
-                    task.cancel()
+                watch.cancel()
             self.programs.pop(program.name, None)
 
         assert self._loop is not None
