@@ -525,3 +525,26 @@ def test_crash_loop_backs_off_exponentially_then_goes_fatal(run_clawsup) -> None
     assert delays == [0.1, 0.2, 0.4, 0.8]
     assert "RUNNING -> FATAL (crash loop: 4 restarts within 30s" in log or \
         "STARTING -> FATAL (crash loop: 4 restarts within 30s" in log
+
+
+def test_programs_stop_in_reverse_order(run_clawsup, tmp_path: Path) -> None:
+    order = tmp_path / "order"
+    code = """
+        import signal, sys, time
+        def stop(*_):
+            with open({order!r}, 'a') as f: f.write('{name}\\n')
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        print('ready', flush=True)
+        while True: time.sleep(1)
+    """
+    body = "".join(
+        program(code.format(order=str(order), name=name), name=name, main=(name == "first"))
+        for name in ("first", "second", "third")
+    )
+    clawsup = run_clawsup(body)
+    for name in ("first", "second", "third"):
+        clawsup.wait_log(f"{name} | ready")
+    clawsup.signal(signal.SIGTERM)
+    assert clawsup.wait() == 0
+    assert order.read_text().split() == ["third", "second", "first"]
