@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import json5
 import pytest
 
 from clawsup.client import Client, CommandFailed
@@ -345,3 +346,97 @@ api_base = "http://127.0.0.1:{server.server_port}"
         assert d.gateway()[0] in ("RUNNING", "STARTING", "BACKOFF")
     finally:
         server.shutdown()
+
+
+def test_bad_input_and_1000_clients_against_the_real_supervisor(demo) -> None:
+    """Garbage, wrong types, unknown commands, oversized and multi-part frames, and 1,000
+    concurrent clients: every well-formed request is answered, status stays right and
+    the gateway keeps running, untouched."""
+    import zmq
+
+    d = demo()
+    _, pid = d.gateway()
+    context = zmq.Context()
+    try:
+        bad = [b"", b"\xff\xfe", b"not json", b"[]", b'{"cmd": 5}', b'{"cmd": "reboot"}',
+               b'{"cmd": "restart", "program": ["x"]}', b'{"cmd": "signal"}',
+               b'{"cmd": "set_model", "model": 42}', b"[" * 100_000]
+        for frame in bad:
+            sock = context.socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, 5000)
+            sock.connect(d.client.endpoint)
+            sock.send(frame)
+            reply = json.loads(sock.recv())
+            assert reply["ok"] is False, frame[:40]
+            assert reply["error"]["code"] in ("bad_request", "unknown_command", "bad_value")
+            sock.close()
+        # Larger than max_request_size (1 MiB): the peer is dropped, nothing else happens.
+        big = context.socket(zmq.DEALER)
+        big.setsockopt(zmq.LINGER, 0)
+        big.connect(d.client.endpoint)
+        big.send_multipart([b"", b"x" * (2 << 20)])
+        big.close()
+        # 1,000 clients at once, all DEALERs of one process.
+        clients = []
+        for _ in range(1000):
+            sock = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(d.client.endpoint)
+            clients.append(sock)
+        for sock in clients:
+            sock.send_multipart([b"", b'{"cmd": "status"}'])
+        poller = zmq.Poller()
+        for sock in clients:
+            poller.register(sock, zmq.POLLIN)
+        answered = 0
+        deadline = time.monotonic() + 60
+        pending = set(clients)
+        while pending and time.monotonic() < deadline:
+            for sock, _ in poller.poll(1000):
+                _, frame = sock.recv_multipart()
+                reply = json.loads(frame)
+                assert reply["ok"] is True
+                assert reply["programs"][0]["pid"] == pid
+                answered += 1
+                pending.discard(sock)
+                poller.unregister(sock)
+        assert answered == 1000
+        for sock in clients:
+            sock.close()
+    finally:
+        context.destroy(linger=0)
+    assert d.gateway() == ("RUNNING", pid)
+    assert d.client.status().programs[0].restarts == 0
+
+
+def test_model_breaker_switches_to_the_fallback_and_back(demo) -> None:
+    d = demo(tail="""
+[breaker]
+fallbacks = ["openai/gpt-5.2"]
+failures = 2
+window = "1m"
+cooldown = "2s"
+""", extra='crash_loop = { max_restarts = 20, window = "60s", cooldown = "60s" }\n')
+    config_file = d.home / "clawdbot.json"
+
+    def model() -> str:
+        return str(json5.loads(config_file.read_text())["agents"]["defaults"]["model"]["primary"])
+
+    assert model() == "anthropic/claude-opus-4-5"
+    for _ in range(2):
+        _, pid = d.gateway()
+        d.command("crash 1")
+        wait_until(lambda p=pid: d.gateway()[1] not in (None, p) and d.gateway()[0] == "RUNNING",
+                   20)
+    # Two crashes attributed to the primary within the window: switched to the fallback.
+    wait_until(lambda: model() == "openai/gpt-5.2", 10, what="switch to the fallback")
+    status = d.client.status()
+    assert status.breaker is not None
+    assert status.breaker.state == "open"
+    assert not d.client.health().healthy
+    # After the cooldown the primary is tried again (half-open).
+    wait_until(lambda: model() == "anthropic/claude-opus-4-5", 15, what="primary tried again")
+    assert d.client.status().breaker.state in ("half_open", "closed")  # type: ignore[union-attr]
+    kinds = [i.kind for i in d.client.incidents().latest]
+    assert "breaker_open" in kinds
