@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import errno
 import logging
 import os
 import random
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -639,17 +637,3 @@ class Supervisor:
         if self.liveness_state(main) == "failing":
             reasons.append(f"{main.name}'s last liveness probe failed")
         return HealthReply(healthy=not reasons, reasons=reasons)
-
-
-def errno_name(error: OSError) -> str:
-    return errno.errorcode.get(error.errno or 0, str(error.errno))
-
-
-def run_supervisor(config: Config, config_paths: list[str]) -> int:
-    supervisor = Supervisor(config, config_paths)
-    try:
-        return asyncio.run(supervisor.run())
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        sys.stdout.flush()
