@@ -83,6 +83,18 @@ class FakeSupervisor:
             Incident(ts=1_700_090_000.0, kind="crash_loop", program=MAIN, message="5 in 60s"),
         ]
 
+    def answer_now(self, request: Request) -> Reply | None:
+        """The quick handler: status and version without a task, like the real one."""
+        match request:
+            case Status():
+                self.requests.append(request)
+                return self.status()
+            case Version():
+                self.requests.append(request)
+                return VersionReply(version=__version__)
+            case _:
+                return None
+
     async def __call__(self, request: Request) -> Reply:
         self.requests.append(request)
         match request:
@@ -179,6 +191,7 @@ class ServerThread:
     def __init__(self, run_dir: Path, handler: FakeSupervisor | None = None, **options: Any) -> None:
         self.handler = handler or FakeSupervisor()
         options.setdefault("max_request_size", 64 * 1024)
+        options.setdefault("quick", self.handler.answer_now)
         self.server = ControlServer(run_dir, self.handler, **options)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -369,14 +369,27 @@ def test_handler_exception_is_internal_and_the_server_goes_on(
 def test_oversized_frame_drops_that_peer_and_others_are_served(
     server: ServerThread, zctx: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
-    big = _dealer(zctx, server.endpoint)
+    # The monitor is attached before connecting: an ipc connect completes at once, and
+    # a CONNECTED event fired before the monitor exists is never seen.
+    big = zctx.socket(zmq.DEALER)
+    big.setsockopt(zmq.LINGER, 0)
     monitor = big.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-    assert recv_monitor_message(monitor)["event"] == zmq.EVENT_CONNECTED
+    big.connect(server.endpoint)
+
+    def next_event(wanted: int) -> None:
+        # Monitor events come with a deadline: a DEALER that is dropped reconnects, so a
+        # CONNECTED may come before or after the event a step waits for.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if monitor.poll(500) and recv_monitor_message(monitor)["event"] == wanted:
+                return
+        raise AssertionError(f"no monitor event {wanted} within 10s")
+
+    next_event(zmq.EVENT_CONNECTED)
     oversized = b'{"cmd": "set_model", "model": "' + b"x" * (64 * 1024) + b'"}'
     big.send_multipart([b"", oversized])
     # libzmq refuses the frame while reading it and closes that connection.
-    assert monitor.poll(5000)
-    assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
+    next_event(zmq.EVENT_DISCONNECTED)
     assert big.poll(200) == 0  # and no reply ever comes
     with Client(server.endpoint) as client:
         assert client.status().programs[0].state == "RUNNING"

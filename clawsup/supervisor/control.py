@@ -64,6 +64,9 @@ EVENTS_SOCKET = "events.sock"
 PID_FILE = "clawsup.pid"
 
 Handler = Callable[[Request], Awaitable[Reply]]
+# Answers a request at once, or returns None to have ``Handler`` run it as a task. For
+# commands that never wait (status, health, version): no task, no extra loop pass.
+QuickHandler = Callable[[Request], Reply | None]
 
 # sun_path is 108 bytes including the NUL; libzmq's own error for longer paths is vague.
 _MAX_IPC_PATH = 107
@@ -245,6 +248,7 @@ class ControlServer:
         tcp_endpoint: str | None = None,
         curve_secret_key_file: str | None = None,
         curve_authorized_keys_dir: str | None = None,
+        quick: QuickHandler | None = None,
     ) -> None:
         if tcp_endpoint is not None and (
             curve_secret_key_file is None or curve_authorized_keys_dir is None
@@ -257,6 +261,7 @@ class ControlServer:
         self.control_path = self.run_dir / CONTROL_SOCKET
         self.events_path = self.run_dir / EVENTS_SOCKET
         self._handler = handler
+        self._quick = quick
         self._max_request_size = max_request_size
         self._tcp_endpoint = tcp_endpoint
         self._curve_secret_key_file = curve_secret_key_file
@@ -393,7 +398,8 @@ class ControlServer:
         return count
 
     def _drain(self, router: zmq.Socket[bytes]) -> None:
-        """Take every queued request off ``router``, each into its own task.
+        """Take every queued request off ``router``: answer it at once when the quick
+        handler can (or it is malformed), else in a task of its own.
 
         The ZeroMQ FD is edge-triggered: it signals a change, not a level. So read until
         EAGAIN here, and call this again after every send, which can swallow the edge.
@@ -408,23 +414,38 @@ class ControlServer:
                     return
                 log.warning("control socket receive failed: %s", exc)
                 return
-            task = asyncio.create_task(self._answer(router, frames))
+            envelope, body = _split_envelope(frames)
+            decoded = self._decode(body)
+            if isinstance(decoded, bytes):
+                self._send_frames(router, [*envelope, decoded])
+                continue
+            quick = self._quick_reply(decoded)
+            if quick is not None:
+                # Sent from inside this loop: it keeps reading until EAGAIN, so the edge a
+                # send may swallow is not lost.
+                self._send_frames(router, [*envelope, quick])
+                continue
+            task = asyncio.create_task(self._answer(router, envelope, decoded))
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
 
-    def _send(self, router: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    def _send_frames(self, router: zmq.Socket[bytes], frames: list[bytes]) -> None:
         if router.closed:
             return
         try:
             router.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.warning("cannot send a control reply: %s", exc)
+
+    def _send(self, router: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        """Send from a task: then read what the send's swallowed edge may be hiding."""
+        self._send_frames(router, frames)
         self._drain(router)
 
-    async def _answer(self, router: zmq.Socket[bytes], frames: list[bytes]) -> None:
-        envelope, body = _split_envelope(frames)
+    async def _answer(self, router: zmq.Socket[bytes], envelope: list[bytes],
+                      request: Request) -> None:
         try:
-            reply = await self._reply_to(body)
+            reply = await self._handled(request)
         except asyncio.CancelledError:
             # close() is tearing us down mid-request (a restart still waiting): tell the
             # client rather than let it wait out its timeout.
@@ -432,16 +453,29 @@ class ControlServer:
             raise
         self._send(router, [*envelope, reply])
 
-    async def _reply_to(self, body: list[bytes]) -> bytes:
+    def _decode(self, body: list[bytes]) -> Request | bytes:
+        """The request, or the encoded error reply for a frame that is not one."""
         if len(body) != 1:
             return encode(
                 error_reply(BAD_REQUEST, f"a request is exactly one frame, got {len(body)}")
             )
         frame = body[0]
         try:
-            request = decode_request(frame)
+            return decode_request(frame)
         except _DECODE_ERRORS as exc:
             return encode(_request_error(frame, exc))
+
+    def _quick_reply(self, request: Request) -> bytes | None:
+        if self._quick is None:
+            return None
+        try:
+            reply = self._quick(request)
+        except Exception as exc:  # a handler bug must not take the control socket down
+            log.exception("control handler failed on %r", request)
+            return encode(error_reply(INTERNAL, f"{type(exc).__name__}: {exc}"))
+        return None if reply is None else encode(reply)
+
+    async def _handled(self, request: Request) -> bytes:
         try:
             return encode(await self._handler(request))
         except Exception as exc:  # a handler bug must not take the control socket down

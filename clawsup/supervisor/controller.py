@@ -111,7 +111,9 @@ class Controller:
 
     # -- the control socket ---------------------------------------------------------------------
 
-    async def handle(self, request: Request) -> Reply:
+    def answer_now(self, request: Request) -> Reply | None:
+        """Commands that never wait, answered without a task (the control server's quick
+        handler); None for the others."""
         match request:
             case Status():
                 return self.status()
@@ -119,6 +121,16 @@ class Controller:
                 return self.health()
             case Version():
                 return VersionReply(version=__version__)
+            case _:
+                return None
+
+    async def handle(self, request: Request) -> Reply:
+        quick = self.answer_now(request)
+        if quick is not None:
+            return quick
+        match request:
+            case Status() | Health() | Version():
+                raise AssertionError("answered by answer_now")
             case Start(program=name, wait=wait):
                 return await self._start(name, wait)
             case Stop(program=name, wait=wait):

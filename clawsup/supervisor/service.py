@@ -109,6 +109,7 @@ class Service:
             tcp_endpoint=settings.control_tcp,
             curve_secret_key_file=settings.curve_secret_key_file,
             curve_authorized_keys_dir=settings.curve_authorized_keys_dir,
+            quick=self.controller.answer_now,
         )
         try:
             await self.control.start()
