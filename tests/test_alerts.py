@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import threading
 import time
+import tomllib
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -27,7 +28,13 @@ import pytest
 
 from clawsup.protocol import Event
 from clawsup.supervisor.alerts import Alerter, format_alert, retry_after_header
-from clawsup.supervisor.config import AlertsConfig, TelegramConfig, WebhookConfig
+from clawsup.supervisor.config import (
+    AlertsConfig,
+    ConfigError,
+    TelegramConfig,
+    WebhookConfig,
+    parse_config,
+)
 from clawsup.units import Duration
 from tests.util import wait_until
 
@@ -443,22 +450,12 @@ def test_unreachable_api_is_retried_then_given_up() -> None:
     deliver(make_alerter(config), hung(), failed=1)
 
 
-def test_a_destination_with_a_non_http_url_is_disabled(
-    api: FakeBotAPI, caplog: pytest.LogCaptureFixture
-) -> None:
-    config = AlertsConfig(
-        events=["hung"],
-        webhook=WebhookConfig(url="ftp://127.0.0.1/hook"),
-        telegram=TelegramConfig(chat_id=CHAT, token_env=TOKEN_ENV, api_base=api.url),
-    )
-
-    alerter = make_alerter(config)
-    with caplog.at_level(logging.ERROR, logger="clawsup.supervisor.alerts"):
-        deliver(alerter, hung(), sent=1)
-    assert alerter.destinations == ["telegram"]
-    assert [r.getMessage() for r in caplog.records] == [
-        "alerts: webhook disabled: its URL is not http:// or https://"
-    ]
+def test_a_non_http_url_is_refused_by_the_config() -> None:
+    for alerts in ('[alerts.webhook]\nurl = "ftp://127.0.0.1/hook"\n',
+                   '[alerts.telegram]\nchat_id = "1"\napi_base = "file:///etc/passwd"\n'):
+        raw = tomllib.loads('[programs.gw]\ncommand = ["true"]\nmain = true\n' + alerts)
+        with pytest.raises(ConfigError, match=r"alerts\.(webhook|telegram): .*http:// or https://"):
+            parse_config(raw, "clawsup.toml")
 
 
 def test_format_alert_names_the_program_when_the_message_does_not() -> None:

@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clawsup.protocol import BreakerStatus, Event, LastExit, ProgramStatus
-from clawsup.supervisor.config import MetricsConfig
-from clawsup.supervisor.metrics import Metrics, MetricsError, parse_listen
+from clawsup.supervisor.config import MetricsConfig, parse_listen
+from clawsup.supervisor.metrics import Metrics, MetricsError
 
 
 @pytest.fixture

@@ -354,12 +354,8 @@ class Alerter:
                     self._destinations.remove(destination)
                     continue
                 destination.url = f"{telegram.api_base.rstrip('/')}/bot{token}/sendMessage"
+            # The config only admits http:// and https:// URLs (WebhookConfig, api_base).
             assert destination.url is not None
-            if urllib.parse.urlsplit(destination.url).scheme not in ("http", "https"):
-                log.error("alerts: %s disabled: its URL is not http:// or https://",
-                          destination.name)
-                self._destinations.remove(destination)
-                continue
             destination.task = asyncio.create_task(
                 self._send_loop(destination), name=f"clawsup-alerts-{destination.name}"
             )

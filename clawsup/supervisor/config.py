@@ -223,16 +223,27 @@ class BreakerConfig(_Section, frozen=True):
             raise ValueError("breaker failures must be >= 1")
 
 
+def _check_url(key: str, url: str) -> None:
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+        raise ValueError(f"{key} must be an http:// or https:// URL, got {url!r}")
+
+
 class TelegramConfig(_Section, frozen=True):
     chat_id: str
     token_env: str = "CLAWSUP_TELEGRAM_TOKEN"
     api_base: str = "https://api.telegram.org"
     timeout: Duration = Duration(10.0)
 
+    def __post_init__(self) -> None:
+        _check_url("api_base", self.api_base)
+
 
 class WebhookConfig(_Section, frozen=True):
     url: str
     timeout: Duration = Duration(10.0)
+
+    def __post_init__(self) -> None:
+        _check_url("url", self.url)
 
 
 class AlertsConfig(_Section, frozen=True):
@@ -257,6 +268,33 @@ class AlertsConfig(_Section, frozen=True):
 
 class MetricsConfig(_Section, frozen=True):
     listen: str = "127.0.0.1:9464"
+
+    def __post_init__(self) -> None:
+        try:
+            parse_listen(self.listen)
+        except ValueError as error:
+            raise ValueError(f"listen: {error}") from None
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:9464"`` / ``"[::1]:9464"`` / ``"localhost:0"`` -> (host, port)."""
+    text = listen.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(f"expected '[IPv6]:PORT', got {listen!r}")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon or ":" in host:
+            raise ValueError(
+                f"expected 'HOST:PORT' (IPv6 as '[::1]:9464'), got {listen!r}"
+            )
+    if not host:
+        raise ValueError(f"missing the host in {listen!r}")
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"expected a port number 0-65535 in {listen!r}, got {port_text!r}")
+    return host, int(port_text)
 
 
 class Config(_Section, frozen=True):

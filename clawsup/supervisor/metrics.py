@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_htt
 
 from clawsup import __version__
 from clawsup.protocol import BreakerStatus, Event, ProgramStatus
-from clawsup.supervisor.config import MetricsConfig
+from clawsup.supervisor.config import MetricsConfig, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +32,6 @@ BREAKER_STATES = ("closed", "open", "half_open")
 
 class MetricsError(Exception):
     """The metrics endpoint cannot be served (bad address, port taken)."""
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:9464"`` / ``"[::1]:9464"`` / ``"localhost:0"`` -> (host, port)."""
-    text = listen.strip()
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or not rest.startswith(":"):
-            raise ValueError(f"expected '[IPv6]:PORT', got {listen!r}")
-        port_text = rest[1:]
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon or ":" in host:
-            raise ValueError(
-                f"expected 'HOST:PORT' (IPv6 as '[::1]:9464'), got {listen!r}"
-            )
-    if not host:
-        raise ValueError(f"missing the host in {listen!r}")
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"expected a port number 0-65535 in {listen!r}, got {port_text!r}")
-    return host, int(port_text)
 
 
 def _count(event: Event) -> int:
