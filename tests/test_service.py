@@ -440,3 +440,48 @@ cooldown = "2s"
     assert d.client.status().breaker.state in ("half_open", "closed")  # type: ignore[union-attr]
     kinds = [i.kind for i in d.client.incidents().latest]
     assert "breaker_open" in kinds
+
+
+TRACER = """
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+PTRACE_SEIZE, PTRACE_O_TRACEEXIT = 0x4206, 0x40
+# Seized with TRACEEXIT, the tracee stops at its exit, SIGKILL included, and stays there
+# until this tracer lets go (here: exits).
+if libc.ptrace(PTRACE_SEIZE, int(sys.argv[1]), None, ctypes.c_void_p(PTRACE_O_TRACEEXIT)):
+    sys.exit('seize failed: errno %d' % ctypes.get_errno())
+print('seized', flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_process_still_present_after_sigkill_is_unkillable_not_stopped(demo) -> None:
+    d = demo()
+    _, pid = d.gateway()
+    tracer = subprocess.Popen([sys.executable, "-c", TRACER, str(pid)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert tracer.stdout is not None
+        assert tracer.stdout.readline().strip() == "seized"
+        # SIGTERM is held by the tracer, SIGKILL after stop_timeout leaves it at its exit.
+        with pytest.raises(CommandFailed) as error:
+            Client(d.client.endpoint, timeout=60).stop()
+        assert error.value.code == "failed"
+        assert "still present after SIGKILL" in error.value.message
+        program = d.client.status().programs[0]
+        assert (program.state, program.unkillable, program.pid) == ("STOPPING", True, pid)
+        health = d.client.health()
+        assert not health.healthy
+        assert "gateway is unkillable" in health.reasons
+        assert "is still present 5s after SIGKILL" in d.clawsup.log()
+    finally:
+        tracer.kill()
+        tracer.wait()
+    # Once it can exit, it is reaped and only then reported stopped.
+    wait_until(lambda: d.client.status().programs[0].state == "STOPPED", 15)
+    program = d.client.status().programs[0]
+    assert not program.unkillable
+    assert program.last_exit is not None
+    assert program.last_exit.signal == "SIGKILL"
+    assert "finally exited after being unkillable" in program.last_exit.reason
