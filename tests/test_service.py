@@ -485,3 +485,46 @@ def test_a_process_still_present_after_sigkill_is_unkillable_not_stopped(demo) -
     assert program.last_exit is not None
     assert program.last_exit.signal == "SIGKILL"
     assert "finally exited after being unkillable" in program.last_exit.reason
+
+
+def test_reload_applies_new_janitor_settings_and_refuses_a_broken_config(demo) -> None:
+    d = demo()
+    _, pid = d.gateway()
+    d.command("hold-lock stuck")
+    lock = d.sessions() / "stuck.jsonl.lock"
+    wait_until(lock.exists, 10)
+    original = d.config.read_text()
+    # A broken config is refused with the reason; the old one keeps running.
+    d.config.write_text(original + "\n[janitor.bogus]\n")
+    with pytest.raises(CommandFailed) as error:
+        d.client.reload()
+    assert "keeping the old one" in error.value.message
+    assert d.gateway() == ("RUNNING", pid)
+    # A valid reload that shortens message_timeout: the new janitor finds the stuck message.
+    d.config.write_text(original.replace(
+        'interval = "200ms"', 'interval = "200ms"\nmessage_timeout = "1s"', 1))
+    d.client.reload()
+    wait_until(lambda: d.gateway()[1] not in (None, pid) and d.gateway()[0] == "RUNNING", 20)
+    wait_until(lambda: not lock.exists(), 10)
+    assert "message_timeout" in {i.kind for i in d.client.incidents().latest}
+
+
+def test_events_stream_from_the_real_supervisor(demo) -> None:
+    d = demo()
+    seen: list[str] = []
+
+    def follow() -> None:
+        with Client(d.client.endpoint, timeout=20) as client:
+            for event in client.events(kinds=["restarted"], timeout=20):
+                seen.append(f"{event.kind} {event.program} {event.data.get('reason')}")
+                return
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    # A SUB socket joins asynchronously: keep restarting until the follower hears one.
+    deadline = time.monotonic() + 20
+    while thread.is_alive() and time.monotonic() < deadline:
+        d.client.restart()
+    thread.join(5)
+    assert seen
+    assert seen[0] == "restarted gateway manual"
