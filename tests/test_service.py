@@ -33,7 +33,7 @@ class Demo:
 
     def __init__(self, tmp_path: Path, extra: str = "", supervisor: str = "",
                  env: dict[str, str] | None = None, janitor: str = "",
-                 tail: str = "") -> None:
+                 tail: str = "", gateway_config: str = "") -> None:
         self.tmp = tmp_path
         self.home = tmp_path / "home"
         if not self.home.exists():
@@ -54,7 +54,8 @@ backoff = {{ initial = "100ms", factor = 2.0, max = "1s", reset_after = "2s" }}
 """
         self.config = write_config(tmp_path, body, supervisor=supervisor)
         self.config.write_text(self.config.read_text().replace(
-            "[janitor]\n", f'[janitor]\ninterval = "200ms"\nlock_max_age = "2s"\n{janitor}\n', 1))
+            "[janitor]\n", f'[janitor]\ninterval = "200ms"\nlock_max_age = "2s"\n{janitor}\n', 1
+        ).replace("[gateway_config]\n", f"[gateway_config]\n{gateway_config}\n", 1))
         self.clawsup = Clawsup(self.config, tmp_path / f"clawsup-{time.monotonic_ns()}.log",
                                env=env)
         self.client = Client(f"ipc://{tmp_path}/run/control.sock", timeout=20)
@@ -528,3 +529,30 @@ def test_events_stream_from_the_real_supervisor(demo) -> None:
     thread.join(5)
     assert seen
     assert seen[0] == "restarted gateway manual"
+
+
+def test_start_stop_signal_and_set_model_with_apply_restart(demo) -> None:
+    d = demo(gateway_config='apply = "restart"\n'
+             'allowed_models = ["openai/gpt-5.2", "anthropic/claude-opus-4-5"]')
+    _, pid = d.gateway()
+    # Not in allowed_models: refused, nothing restarted.
+    with pytest.raises(CommandFailed) as error:
+        d.client.set_model("openrouter/some-model")
+    assert error.value.code == "bad_value"
+    assert d.gateway() == ("RUNNING", pid)
+    # Allowed: written, then applied by a restart.
+    reply = d.client.set_model("openai/gpt-5.2")
+    assert reply.applied == "restart"
+    wait_until(lambda: d.gateway()[1] not in (None, pid) and d.gateway()[0] == "RUNNING", 20)
+    # signal: SIGTERM to the gateway itself; it exits 0 and autorestart brings it back.
+    _, pid = d.gateway()
+    d.client.signal("TERM")
+    wait_until(lambda: d.gateway()[1] not in (None, pid) and d.gateway()[0] == "RUNNING", 20)
+    # stop, then start.
+    assert d.client.stop().state == "STOPPED"
+    with pytest.raises(CommandFailed) as error:
+        d.client.stop()
+    assert error.value.code == "invalid_state"
+    started = d.client.start()
+    assert started.state == "RUNNING"
+    assert d.client.health().healthy
