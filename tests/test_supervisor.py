@@ -548,3 +548,18 @@ def test_programs_stop_in_reverse_order(run_clawsup, tmp_path: Path) -> None:
     clawsup.signal(signal.SIGTERM)
     assert clawsup.wait() == 0
     assert order.read_text().split() == ["third", "second", "first"]
+
+
+@pytest.mark.parametrize(
+    "keys",
+    ["", 'curve_secret_key_file = "/k/server.key_secret"\n',
+     'curve_authorized_keys_dir = "/k/clients"\n'],
+)
+def test_tcp_control_port_without_both_curve_settings_is_refused(tmp_path: Path, keys: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[supervisor]\ncontrol_tcp = "tcp://0.0.0.0:7777"\n' + keys
+                      + '[programs.gw]\ncommand = ["true"]\nmain = true\n')
+    result = subprocess.run([sys.executable, "-m", "clawsup", "check", "-c", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "an unauthenticated TCP control port is never opened" in result.stderr

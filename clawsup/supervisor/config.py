@@ -78,9 +78,9 @@ class SupervisorConfig(_Section, frozen=True):
         if self.control_tcp is not None:
             if not self.control_tcp.startswith("tcp://"):
                 raise ValueError("control_tcp must be a tcp:// endpoint")
-            if self.curve_secret_key_file is None:
+            if self.curve_secret_key_file is None or self.curve_authorized_keys_dir is None:
                 raise ValueError(
-                    "control_tcp needs curve_secret_key_file: "
+                    "control_tcp needs curve_secret_key_file and curve_authorized_keys_dir: "
                     "an unauthenticated TCP control port is never opened"
                 )
 
