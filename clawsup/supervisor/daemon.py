@@ -150,6 +150,8 @@ class Supervisor:
             for component in reversed(started):
                 await component.close()
             self._remove_signal_handlers()
+            for watch in self._watches.values():
+                watch.cancel()
             return 1
         # 6. Start the programs in the order the config lists them.
         for program in list(self.programs.values()):
