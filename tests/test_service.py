@@ -556,3 +556,17 @@ def test_start_stop_signal_and_set_model_with_apply_restart(demo) -> None:
     started = d.client.start()
     assert started.state == "RUNNING"
     assert d.client.health().healthy
+
+
+def test_a_second_clawsup_on_the_same_run_dir_refuses_and_starts_nothing(demo) -> None:
+    d = demo()
+    _, pid = d.gateway()
+    second = subprocess.run(
+        [sys.executable, "-m", "clawsup", "run", "-c", str(d.config)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert second.returncode == 1
+    assert f"another clawsup is running (pid {d.clawsup.proc.pid})" in second.stderr
+    assert "spawned" not in second.stderr, "no program may start"
+    assert d.gateway() == ("RUNNING", pid)
+    assert d.client.status().programs[0].restarts == 0
