@@ -30,8 +30,9 @@ from clawsup.supervisor.spawn import Spawned, reset_signal_state, spawn
 log = logging.getLogger("clawsup")
 
 PR_SET_CHILD_SUBREAPER = 36
-# How often the process tree under a program is walked (zombie count, owned PIDs).
-TREE_SCAN_INTERVAL = 5.0
+# The process tree under a program (zombie count, owned PIDs) is walked every this many
+# samples: walking it costs more than the D-state read, and zombies pile up over minutes.
+TREE_SCAN_EVERY = 5
 # Lines longer than this are cut; a program printing megabytes without a newline must
 # not make the supervisor buffer them.
 MAX_LINE = 64 * 1024
@@ -89,7 +90,7 @@ class _Watch:
             self.sampler.cancel()
         if self.stat is not None:
             self.stat.close()
-    next_tree_scan: float = 0.0
+    samples: int = 0
     liveness: hang.Liveness = field(default_factory=hang.Liveness)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -487,11 +488,9 @@ class Supervisor:
             watch.d_state = hang.NOT_IN_D
             program.hang_detected(description)
             return
-        if now < watch.next_tree_scan:
+        watch.samples += 1
+        if watch.samples % TREE_SCAN_EVERY != 1:
             return
-        # Walking the process tree costs more than the D-state read; zombies pile up over
-        # minutes, so every few seconds is enough for them.
-        watch.next_tree_scan = now + TREE_SCAN_INTERVAL
         tree = procinfo.descendants(pid)
         if child is not None:
             child.group_pids.update(tree)

@@ -489,8 +489,9 @@ class Program:
             raise AssertionError(f"illegal transition {old.value} -> {new.value} on {trigger.value}")
         self.state = new
         self.state_since = self.clock.monotonic()
+        change = f"still {new.value}" if old is new else f"{old.value} -> {new.value}"
         self.effects.publish(
-            self, "state", f"{self.name}: {old.value} -> {new.value} ({reason})",
+            self, "state", f"{self.name}: {change} ({reason})",
             {"from": old.value, "to": new.value, "trigger": trigger.value, "reason": reason},
         )
         self.effects.transitioned(self, old, new)
