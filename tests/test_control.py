@@ -23,6 +23,7 @@ from zmq.utils.monitor import recv_monitor_message
 from clawsup.client import Client, CommandFailed, Timeout
 from clawsup.protocol import Event
 from clawsup.supervisor.control import (
+    HARD_LIMIT_FACTOR,
     AnotherSupervisorRunning,
     ControlServer,
     ControlServerError,
@@ -366,7 +367,23 @@ def test_handler_exception_is_internal_and_the_server_goes_on(
     assert "Traceback" in caplog.text
 
 
-def test_oversized_frame_drops_that_peer_and_others_are_served(
+def test_frame_over_max_request_size_gets_too_large(
+    server: ServerThread, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    sock = _dealer(zctx, server.endpoint)
+    oversized = b'{"cmd": "set_model", "model": "' + b"x" * (64 * 1024) + b'"}'
+    reply = _ask(sock, oversized)
+    assert reply is not None
+    error = json.loads(reply[-1])
+    assert error["ok"] is False
+    assert error["error"]["code"] == "too_large"
+    assert "max_request_size" in error["error"]["message"]
+    assert not [r for r in server.handler.requests if type(r).__name__ == "SetModel"]
+    with Client(server.endpoint) as client:
+        assert client.status().programs[0].state == "RUNNING"
+
+
+def test_frame_over_the_hard_limit_drops_that_peer_and_others_are_served(
     server: ServerThread, zctx: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
     # The monitor is attached before connecting: an ipc connect completes at once, and
@@ -386,7 +403,8 @@ def test_oversized_frame_drops_that_peer_and_others_are_served(
         raise AssertionError(f"no monitor event {wanted} within 10s")
 
     next_event(zmq.EVENT_CONNECTED)
-    oversized = b'{"cmd": "set_model", "model": "' + b"x" * (64 * 1024) + b'"}'
+    limit = 64 * 1024 * HARD_LIMIT_FACTOR
+    oversized = b'{"cmd": "set_model", "model": "' + b"x" * limit + b'"}'
     big.send_multipart([b"", oversized])
     # libzmq refuses the frame while reading it and closes that connection.
     next_event(zmq.EVENT_DISCONNECTED)

@@ -372,11 +372,13 @@ def test_bad_input_and_1000_clients_against_the_real_supervisor(demo) -> None:
             assert reply["ok"] is False, frame[:40]
             assert reply["error"]["code"] in ("bad_request", "unknown_command", "bad_value")
             sock.close()
-        # Larger than max_request_size (1 MiB): the peer is dropped, nothing else happens.
-        big = context.socket(zmq.DEALER)
+        # Larger than max_request_size (1 MiB): "too_large", and nothing else happens.
+        big = context.socket(zmq.REQ)
         big.setsockopt(zmq.LINGER, 0)
+        big.setsockopt(zmq.RCVTIMEO, 10000)
         big.connect(d.client.endpoint)
-        big.send_multipart([b"", b"x" * (2 << 20)])
+        big.send(b'{"cmd": "set_model", "model": "' + b"x" * (2 << 20) + b'"}')
+        assert json.loads(big.recv())["error"]["code"] == "too_large"
         big.close()
         # 1,000 clients at once, all DEALERs of one process.
         clients = []

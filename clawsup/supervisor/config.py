@@ -70,7 +70,8 @@ class SupervisorConfig(_Section, frozen=True):
     control_tcp: str | None = None
     curve_secret_key_file: str | None = None
     curve_authorized_keys_dir: str | None = None
-    # Largest control frame accepted (ZMQ_MAXMSGSIZE); larger ones drop the peer.
+    # Largest control frame accepted: a larger one is answered "too_large"; one over 16
+    # times this is dropped by libzmq with its peer (ZMQ_MAXMSGSIZE) before it is buffered.
     max_request_size: Size = Size(1 << 20)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

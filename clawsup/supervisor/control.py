@@ -47,6 +47,7 @@ from clawsup.protocol import (
     COMMANDS,
     FAILED,
     INTERNAL,
+    TOO_LARGE,
     UNKNOWN_COMMAND,
     ErrorReply,
     Event,
@@ -72,6 +73,9 @@ QuickHandler = Callable[[Request], Reply | None]
 _MAX_IPC_PATH = 107
 # Replies already queued when we close get this long to reach their clients.
 _CLOSE_LINGER_MS = 200
+# Frames up to this many times max_request_size are read and answered "too_large";
+# larger ones are dropped by libzmq with their peer.
+HARD_LIMIT_FACTOR = 16
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
 
 
@@ -347,9 +351,11 @@ class ControlServer:
         # the latency per request, and replies are sent without awaiting (a ROUTER never
         # blocks on send: an unroutable or full peer's reply is dropped).
         router: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.ROUTER)
-        # libzmq drops a peer that sends a larger frame before buffering it: a memory bound
-        # the handler never has to think about.
-        router.setsockopt(zmq.MAXMSGSIZE, self._max_request_size)
+        # Two limits. A frame over max_request_size is answered "too_large" (DESIGN §4: an
+        # oversized frame gets an error reply, not a hang). One over HARD_LIMIT_FACTOR times
+        # that is dropped by libzmq with its peer while it is read, before it is buffered:
+        # the memory bound a hostile client cannot push past.
+        router.setsockopt(zmq.MAXMSGSIZE, self._max_request_size * HARD_LIMIT_FACTOR)
         router.setsockopt(zmq.LINGER, _CLOSE_LINGER_MS)
         self._routers.append(router)
         return router
@@ -460,6 +466,12 @@ class ControlServer:
                 error_reply(BAD_REQUEST, f"a request is exactly one frame, got {len(body)}")
             )
         frame = body[0]
+        if len(frame) > self._max_request_size:
+            return encode(error_reply(
+                TOO_LARGE,
+                f"request of {len(frame)} bytes is over max_request_size "
+                f"({self._max_request_size} bytes)",
+            ))
         try:
             return decode_request(frame)
         except _DECODE_ERRORS as exc:
