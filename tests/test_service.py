@@ -147,11 +147,12 @@ def test_set_model_keeps_other_keys_persists_and_is_reapplied(demo, tmp_path: Pa
     config_file = d.home / "clawdbot.json"
     reply = d.client.set_model("openai/gpt-5.2")
     assert (reply.old, reply.new) == ("anthropic/claude-opus-4-5", "openai/gpt-5.2")
-    doc = json.loads(config_file.read_text())
+    doc = json5.loads(config_file.read_text())
     assert doc["agents"]["defaults"]["model"] == {
         "primary": "openai/gpt-5.2", "fallbacks": ["openai/gpt-5.2"]}
     assert doc["channels"]["telegram"]["dmPolicy"] == "pairing"
     assert doc["gateway"]["reload"]["debounceMs"] == 300
+    assert "// IANA zone" in config_file.read_text(), "the operator's comments stay"
     # The gateway applied it live (its own file watcher).
     d.clawsup.wait_log("config reloaded: model=openai/gpt-5.2")
     # A bad value changes nothing.
@@ -168,7 +169,7 @@ def test_set_model_keeps_other_keys_persists_and_is_reapplied(demo, tmp_path: Pa
     assert d.clawsup.wait() == 0
     config_file.write_text(config_file.read_text().replace("openai/gpt-5.2\"", "x/y\"", 1))
     d2 = demo()
-    assert json.loads(config_file.read_text())["agents"]["defaults"]["model"]["primary"] == \
+    assert json5.loads(config_file.read_text())["agents"]["defaults"]["model"]["primary"] == \
         "openai/gpt-5.2"
     assert d2.client.status().model == "openai/gpt-5.2"
 

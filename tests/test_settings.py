@@ -79,12 +79,26 @@ def test_set_model_changes_only_the_model(config_path: Path, config_file: Gatewa
     assert change == Change(
         path=str(config_path), key=MODEL_KEY, old="anthropic/claude-opus-4-5", new="openai/gpt-5.2"
     )
-    after = json.loads(config_path.read_text())  # plain JSON now, so JSON5 too
+    after = json5.loads(config_path.read_text())
     before["agents"]["defaults"]["model"]["primary"] = "openai/gpt-5.2"
     assert after == before
     assert after["agents"]["defaults"]["model"]["fallbacks"] == ["openai/gpt-5.2"]
     assert after["gateway"]["reload"] == {"mode": "hybrid", "debounceMs": 300}
     assert after["channels"]["telegram"] == {"enabled": True, "dmPolicy": "pairing"}
+
+
+def test_set_model_keeps_comments_and_layout_and_changes_only_the_value(
+    config_path: Path, config_file: GatewayConfigFile
+):
+    original = config_path.read_text()
+    set_model(config_file, "openai/gpt-5.2")
+    assert config_path.read_text() == original.replace(
+        'primary: "anthropic/claude-opus-4-5"', 'primary: "openai/gpt-5.2"'
+    )
+    set_timezone(config_file, "Europe/Lisbon")
+    text = config_path.read_text()
+    assert "// IANA zone" in text
+    assert 'userTimezone: "Europe/Lisbon"' in text
 
 
 def test_first_rewrite_keeps_the_commented_original_in_the_backup(

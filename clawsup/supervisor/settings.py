@@ -11,13 +11,16 @@ How the gateway config is rewritten:
 - Atomically: a temp file in the same directory, written and fsynced, renamed over the
   config, then the directory fsynced. A failed write leaves the old file as it was and no
   temp file behind. A symlinked config is written through to its target.
-- The result is formatted JSON (valid JSON5; ``Infinity``/``NaN`` stay JSON5 literals).
-  **Comments and JSON5 syntax of the original are lost.** What was there before is kept
-  in ``<config>.clawsup.bak`` -- not ``.bak``, which the gateway writes itself. The backup
-  is refreshed only when the file holds a version clawsup did not write (hand-edited,
-  commented, or rewritten by the gateway), so repeated ``set_model`` calls never replace
-  the commented original with clawsup's own output; the value that one of clawsup's own
-  versions held is in the log and the ``Change`` it returned.
+- Only the value changes: the string at the key is replaced in the file's own text
+  (json5edit.py), so comments, unquoted keys, quotes and layout stay as they were. The
+  result is parsed again and must equal the intended document; when it cannot be done
+  with certainty (the key is missing or not a string, appears twice...) the file is
+  rewritten as formatted JSON (valid JSON5) instead, and that loses the comments.
+  What was there before is kept in ``<config>.clawsup.bak`` -- not ``.bak``, which the
+  gateway writes itself. The backup is refreshed only when the file holds a version
+  clawsup did not write (hand-edited, or rewritten by the gateway), so repeated
+  ``set_model`` calls never replace the original with clawsup's own output; the value
+  that one of clawsup's own versions held is in the log and the ``Change`` it returned.
 - Mode and owner are kept (chown back to the original owner needs root; without it a
   file owned by someone else is refused rather than silently given away).
 - A missing config is created with just the key (mode 0600: it holds tokens; owned, when
@@ -52,6 +55,7 @@ from typing import Any
 import json5
 import msgspec
 
+from clawsup.supervisor import json5edit
 from clawsup.supervisor.config import GatewayConfigFile, expand_path
 
 log = logging.getLogger(__name__)
@@ -381,13 +385,36 @@ def write_settings(path: str | os.PathLike[str], values: Mapping[str, Any]) -> d
         doc = copy.deepcopy(before.doc)
         for key, value in values.items():
             _set_key(doc, key, value)
-        if _write_if_unchanged(target, before, render_config(doc)):
+        if _write_if_unchanged(target, before, _new_text(target, before, values, doc)):
             return old
         log.info("%s changed while clawsup was writing it; reading it again", target)
     raise SettingError(
         f"cannot write gateway config {target}: it kept changing "
         f"({WRITE_ATTEMPTS} attempts); another writer is busy with it"
     )
+
+
+def _new_text(
+    target: Path, before: _Snapshot, values: Mapping[str, Any], doc: dict[str, Any]
+) -> bytes:
+    """The file's own text with just the values swapped, so its comments and layout
+    survive; the full JSON rewrite when that cannot be done with certainty."""
+    if before.raw is None or not all(isinstance(v, str) for v in values.values()):
+        return render_config(doc)
+    try:
+        text = before.raw.decode("utf-8")
+        for key, value in values.items():
+            text = json5edit.replace_string(text, key, value)
+        # The edit only locates spans; what the result means is checked by the parser.
+        if json5.loads(text) == doc:
+            return text.encode("utf-8")
+        reason = "the edited text does not parse to the intended document"
+    except json5edit.Unsupported as error:
+        reason = str(error)
+    except (UnicodeDecodeError, ValueError) as error:
+        reason = f"{type(error).__name__}: {error}"
+    log.info("rewriting %s as JSON (comments are kept in the backup): %s", target, reason)
+    return render_config(doc)
 
 
 def write_setting(path: str | os.PathLike[str], dotted_key: str, value: Any) -> Any:
@@ -403,13 +430,22 @@ class _ChangedMeanwhile(Exception):
     pass
 
 
+# What this process last wrote to each gateway config (a few KiB each), to tell its own
+# in-place edits from a version someone else wrote. Lost on restart: then one more
+# backup is taken, never one less.
+_LAST_WRITTEN: dict[Path, bytes] = {}
+
+
 def _write_if_unchanged(target: Path, before: _Snapshot, data: bytes) -> bool:
     """Write ``data`` over ``target`` unless the file changed since ``before`` was read."""
 
     def check_and_back_up() -> None:
         if _read_raw(target)[0] != before.raw:
             raise _ChangedMeanwhile
-        if before.raw is not None and before.raw != render_config(before.doc):
+        # A version clawsup wrote (its JSON rewrite, or its last in-place edit) never
+        # replaces the backup: that keeps the hand-written original there.
+        ours = before.raw in (render_config(before.doc), _LAST_WRITTEN.get(target))
+        if before.raw is not None and not ours:
             backup = target.with_name(target.name + BACKUP_SUFFIX)
             write_atomically(backup, before.raw, mode=before.mode, owner=before.owner)
 
@@ -424,6 +460,7 @@ def _write_if_unchanged(target: Path, before: _Snapshot, data: bytes) -> bool:
         raise SettingError(
             f"cannot write gateway config {target}: {error.strerror or error}"
         ) from None
+    _LAST_WRITTEN[target] = data
     return True
 
 
