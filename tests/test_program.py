@@ -1057,3 +1057,23 @@ def test_any_sequence_keeps_one_process_and_consistent_state(
             assert fx.live_timers()
         assert p.restarts >= restarts
         restarts = p.restarts
+
+
+def test_hurry_kills_a_stopping_program_now_and_is_ignored_otherwise() -> None:
+    h = harness()
+    h.run_until_running()
+    pid = h.program.pid
+    h.program.hurry()  # RUNNING: nothing to hurry
+    assert h.effects.kills == []
+    h.program.stop()
+    h.effects.advance(0.001)
+    h.program.hurry()
+    assert h.effects.kills == [(pid, signal.SIGTERM), (pid, signal.SIGKILL)]
+    assert h.state is S.STOPPING
+    # The stop timeout that was due is gone: no second SIGKILL when it would have fired.
+    h.effects.advance(STOP_TIMEOUT)
+    assert h.effects.kills == [(pid, signal.SIGTERM), (pid, signal.SIGKILL)]
+    h.program.hurry()  # already killed: nothing more to do
+    assert len(h.effects.kills) == 2
+    h.program.exited(KILLED)
+    assert h.state is S.STOPPED

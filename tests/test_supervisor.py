@@ -563,3 +563,21 @@ def test_tcp_control_port_without_both_curve_settings_is_refused(tmp_path: Path,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "an unauthenticated TCP control port is never opened" in result.stderr
+
+
+def test_a_second_stop_signal_kills_at_once(run_clawsup) -> None:
+    code = """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print('ready', flush=True)
+        while True: time.sleep(1)
+    """
+    clawsup = run_clawsup(program(code).replace('stop_timeout = "2s"', 'stop_timeout = "1h"'))
+    clawsup.wait_log("gw | ready")
+    clawsup.signal(signal.SIGTERM)
+    clawsup.wait_log("-> STOPPING (shutdown)")
+    clawsup.signal(signal.SIGINT)
+    # Without the second signal this would take the hour of stop_timeout.
+    assert clawsup.wait(30) == 128 + signal.SIGKILL
+    assert "got SIGINT again: not waiting for stop_timeout" in clawsup.log()
+    assert "still STOPPING (hurried by a second stop signal, sent SIGKILL)" in clawsup.log()

@@ -215,7 +215,10 @@ class Supervisor:
     def _on_stop_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if self._shutdown_requested is not None and self._shutdown_requested.is_set():
-            log.info("got %s again, already stopping", name)
+            log.warning("got %s again: not waiting for stop_timeout, killing what is left",
+                        name)
+            for program in self.programs.values():
+                program.hurry()
             return
         log.info("got %s, stopping all programs", name)
         self.request_shutdown()

@@ -178,6 +178,7 @@ class Program:
     _restart_times: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
     _timer: TimerHandle | None = None
     _timer_token: int = 0
+    _pending: Trigger | None = None  # what the current timer will fire
     _next_start_at: float | None = None
     # Why we are stopping it (so its exit is attributed), and whether to start it again.
     _stop_reason: str = ""
@@ -274,6 +275,12 @@ class Program:
             self._start_reason = reason
             self._spawn(T.RESTART)
 
+    def hurry(self) -> None:
+        """Stopping and the operator will not wait (a second stop signal): do now what
+        the stop timeout would do, SIGKILL the group."""
+        if self.state is State.STOPPING and self._pending is T.STOP_TIMEOUT:
+            self._kill_group(T.STOP_TIMEOUT, "hurried by a second stop signal, sent SIGKILL")
+
     def hang_detected(self, description: str) -> None:
         """D state held for ``d_state_after``: the process cannot run its SIGTERM handler,
         so go straight to SIGKILL of the group, then start again."""
@@ -365,6 +372,7 @@ class Program:
         if token != self._timer_token or (self.state, trigger) not in TRANSITIONS:
             return  # a timer that fired after the state moved on
         self._timer = None
+        self._pending = None
         if trigger is T.START_SECONDS_ELAPSED:
             self._running(trigger)
         elif trigger is T.BACKOFF_ELAPSED:
@@ -376,12 +384,9 @@ class Program:
             self._restart_times.clear()
             self._spawn(trigger)
         elif trigger is T.STOP_TIMEOUT:
-            self.effects.kill(self, signal.SIGKILL)
-            self._transition(
-                State.STOPPING, trigger,
-                f"did not stop within {self.config.stop_timeout:g}s, sent SIGKILL",
+            self._kill_group(
+                trigger, f"did not stop within {self.config.stop_timeout:g}s, sent SIGKILL"
             )
-            self._set_timer(KILL_TIMEOUT, T.KILL_TIMEOUT)
         elif trigger is T.KILL_TIMEOUT:
             self.unkillable = True
             self._transition(State.STOPPING, trigger, "still present after SIGKILL (unkillable)")
@@ -393,6 +398,11 @@ class Program:
             )
 
     # -- the steps -----------------------------------------------------------------------------
+
+    def _kill_group(self, trigger: Trigger, reason: str) -> None:
+        self.effects.kill(self, signal.SIGKILL)
+        self._transition(State.STOPPING, trigger, reason)
+        self._set_timer(KILL_TIMEOUT, T.KILL_TIMEOUT)
 
     def _after_failure(self, trigger: Trigger, run_seconds: float, reason: str) -> None:
         now = self.clock.monotonic()
@@ -473,11 +483,13 @@ class Program:
     def _set_timer(self, delay: float, trigger: Trigger) -> None:
         self._cancel_timer()
         self._timer_token += 1
+        self._pending = trigger
         token = self._timer_token
         self._timer = self.effects.call_later(delay, lambda: self._on_timer(token, trigger))
 
     def _cancel_timer(self) -> None:
         self._timer_token += 1
+        self._pending = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
