@@ -147,6 +147,19 @@ def rss_kib(pid: int) -> int:
     return value
 
 
+def pss_kib(pid: int) -> int | None:
+    """Proportional set size: shared pages (libpython, libc...) divided among the
+    processes that map them. Not a target; printed beside RSS for comparison."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def tasks(pid: int) -> list[int]:
     try:
         return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
@@ -507,6 +520,7 @@ def bench_idle(settings: Settings, seconds: float, settle: float = 3.0) -> dict[
                 "wakeups_per_s": (switches1 - switches0) / wall,
                 "rss_kib": rss_kib(sup.pid),
                 "hwm_kib": status_value(sup.pid, b"VmHWM"),
+                "pss_kib": pss_kib(sup.pid),
                 "threads": len(tasks(sup.pid)),
                 "children": len(sup.program_children(target)),
             }
@@ -646,6 +660,10 @@ def report(results: dict[str, Any]) -> tuple[str, bool]:
         rows.append(("peak RSS (VmHWM)", f"{(cs['hwm_kib'] or 0) / 1024:.1f} MiB",
                      f"{(sd['hwm_kib'] or 0) / 1024:.1f} MiB",
                      ratio(sd["hwm_kib"], cs["hwm_kib"], "smaller", "larger")))
+        if cs.get("pss_kib") and sd.get("pss_kib"):
+            rows.append(("PSS (smaps_rollup), for comparison", f"{cs['pss_kib'] / 1024:.1f} MiB",
+                         f"{sd['pss_kib'] / 1024:.1f} MiB",
+                         ratio(sd["pss_kib"], cs["pss_kib"], "smaller", "larger")))
         rows.append(("threads", str(cs["threads"]), str(sd["threads"]), ""))
         # utime+stime is what the issue names; ticks are 10 ms, so when both are a handful
         # of ticks the ns-resolution schedstat decides, and both are shown.
