@@ -206,14 +206,16 @@ def test_sigterm_reaches_the_child_and_exit_status_is_propagated(run_clawsup, tm
     assert got.read_text() == "TERM"
 
 
+IGNORES_SIGTERM = """
+    import signal, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print('ready', flush=True)
+    while True: time.sleep(1)
+"""
+
+
 def test_child_ignoring_sigterm_is_killed_after_stop_timeout(run_clawsup) -> None:
-    code = """
-        import signal, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print('ready', flush=True)
-        while True: time.sleep(1)
-    """
-    clawsup = run_clawsup(program(code).replace('stop_timeout = "2s"', 'stop_timeout = "500ms"'))
+    clawsup = run_clawsup(program(IGNORES_SIGTERM).replace('stop_timeout = "2s"', 'stop_timeout = "500ms"'))
     clawsup.wait_log("gw | ready")
     clawsup.signal(signal.SIGINT)
     assert clawsup.wait() == 128 + signal.SIGKILL
@@ -566,13 +568,7 @@ def test_tcp_control_port_without_both_curve_settings_is_refused(tmp_path: Path,
 
 
 def test_a_second_stop_signal_kills_at_once(run_clawsup) -> None:
-    code = """
-        import signal, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print('ready', flush=True)
-        while True: time.sleep(1)
-    """
-    clawsup = run_clawsup(program(code).replace('stop_timeout = "2s"', 'stop_timeout = "1h"'))
+    clawsup = run_clawsup(program(IGNORES_SIGTERM).replace('stop_timeout = "2s"', 'stop_timeout = "1h"'))
     clawsup.wait_log("gw | ready")
     clawsup.signal(signal.SIGTERM)
     clawsup.wait_log("-> STOPPING (shutdown)")
@@ -581,3 +577,25 @@ def test_a_second_stop_signal_kills_at_once(run_clawsup) -> None:
     assert clawsup.wait(30) == 128 + signal.SIGKILL
     assert "got SIGINT again: not waiting for stop_timeout" in clawsup.log()
     assert "still STOPPING (hurried by a second stop signal, sent SIGKILL)" in clawsup.log()
+
+
+def test_orphans_reaped_are_counted_in_metrics(run_clawsup) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # The subshell exits at once, so its background sleep is re-parented to clawsup.
+    body = ('[programs.gw]\ncommand = ["sh", "-c", "(sleep 0.2 &); exec sleep 100"]\n'
+            f'main = true\n{FAST}\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    run_clawsup(body)
+
+    def reaped() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                return "clawsup_zombies_reaped_total 1.0" in reply.read().decode()
+        except OSError:
+            return False
+
+    wait_until(reaped, 15, what="the orphaned sleep counted as reaped")

@@ -81,6 +81,9 @@ class _Watch:
 
     d_state: hang.DState = hang.NOT_IN_D
     stat: procinfo.StatReader | None = None
+    # The last walk of the process tree under ``tree_of`` (a program's pid).
+    tree: tuple[int, ...] = ()
+    tree_of: int | None = None
     sampler: asyncio.TimerHandle | None = None
 
     def cancel(self) -> None:
@@ -108,7 +111,6 @@ class Supervisor:
         self.programs: dict[str, Program] = {}
         self.sinks: list[EventSink] = []
         self.started_at = self.clock.monotonic()
-        self.orphans_reaped = 0
         self._children: dict[int, _Child] = {}
         self._watches: dict[str, _Watch] = {}
         self._relays: dict[int, tuple[str, int, bytearray]] = {}
@@ -246,16 +248,17 @@ class Supervisor:
         SIGCHLD is not queued: one delivery can stand for many exits, so a single waitpid
         per signal would leave zombies behind.
         """
+        orphans = 0
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return  # ECHILD: no children at all
+                break  # ECHILD: no children at all
             if pid == 0:
-                return  # children exist, none has exited
+                break  # children exist, none has exited
             child = self._children.pop(pid, None)
             if child is None:
-                self.orphans_reaped += 1
+                orphans += 1  # a grandchild re-parented to us (PID 1 or subreaper)
                 continue
             # Popen must never poll this pid again (see spawn.py).
             child.spawned.popen.returncode = status
@@ -263,6 +266,10 @@ class Supervisor:
                 child.on_exit(status)
             if child.program is not None:
                 self._program_exited(child, status)
+        if orphans:
+            # Not logged: an orphan storm would flood the log; metrics count them.
+            self.emit("reaped", None, f"reaped {orphans} orphaned process(es)",
+                      {"count": orphans}, logged=True)
 
     def _program_exited(self, child: _Child, status: int) -> None:
         program = child.program
@@ -495,8 +502,11 @@ class Supervisor:
         if watch.samples % TREE_SCAN_EVERY != 1:
             return
         tree = procinfo.descendants(pid)
+        watch.tree, watch.tree_of = tuple(tree), pid
         if child is not None:
             child.group_pids.update(tree)
+        # Zombies whose parent is alive: only that parent can reap them, so only a
+        # restart clears them (an orphaned zombie would be re-parented to us and reaped).
         zombies = [p for p in tree if procinfo.run_state(p) == "Z"]
         if program.state is State.RUNNING and hang.is_zombie_leak(
             len(zombies), settings.zombie_children_max
@@ -572,6 +582,20 @@ class Supervisor:
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
             return True, "exit 0"
         return False, f"{argv[0]} exited with status {os.waitstatus_to_exitcode(status)}"
+
+    def processes(self, program: Program) -> list[int]:
+        """The program's process and everything under it, as of the last tree walk.
+
+        The sampler walks the tree every few samples; without hang sampling (or before
+        the first walk of this pid) it is walked here.
+        """
+        pid = program.pid
+        if pid is None:
+            return []
+        watch = self._watches.get(program.name)
+        if watch is not None and watch.tree_of == pid:
+            return [pid, *watch.tree]
+        return [pid, *procinfo.descendants(pid)]
 
     def liveness_state(self, program: Program) -> str:
         if program.config.liveness is None:

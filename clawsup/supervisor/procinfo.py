@@ -9,14 +9,12 @@ from __future__ import annotations
 import os
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            raw = handle.read().decode("ascii", "replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
+def _state_in(raw: bytes) -> str | None:
+    """The state letter from the text of a /proc/PID/stat file."""
+    text = raw.decode("ascii", "replace")
     # The command name is in parentheses and may itself contain ") " or spaces.
-    return raw[raw.rfind(")") + 2 :].split()
+    fields = text[text.rfind(")") + 2 :].split()
+    return fields[0] if fields else None
 
 
 class StatReader:
@@ -42,9 +40,7 @@ class StatReader:
         except (ProcessLookupError, OSError):
             self.close()
             return None
-        text = raw.decode("ascii", "replace")
-        fields = text[text.rfind(")") + 2 :].split()
-        return fields[0] if fields else None
+        return _state_in(raw)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -54,8 +50,11 @@ class StatReader:
 
 def run_state(pid: int) -> str | None:
     """The one-letter state of the process' main thread (R, S, D, Z, T...), None if gone."""
-    fields = _stat_fields(pid)
-    return fields[0] if fields else None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return _state_in(handle.read())
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
 
 
 def context_switches(pid: int) -> int | None:
@@ -101,13 +100,3 @@ def descendants(pid: int, limit: int = 100_000) -> list[int]:
         result.append(child)
         queue.extend(children(child))
     return result
-
-
-def zombie_descendants(pid: int) -> list[int]:
-    """Zombies anywhere below ``pid``: children their parent never waited for.
-
-    Only a restart clears them: their parent is the one that must reap them, and a
-    zombie's parent is still alive (else the zombie would have been re-parented to us and
-    reaped at once).
-    """
-    return [child for child in descendants(pid) if run_state(child) == "Z"]

@@ -18,7 +18,6 @@ import time
 from typing import TYPE_CHECKING
 
 from clawsup.protocol import Event
-from clawsup.supervisor import procinfo
 from clawsup.supervisor.config import Config, expand_path
 from clawsup.supervisor.control import ControlServer, ControlServerError
 from clawsup.supervisor.controller import Controller
@@ -169,16 +168,13 @@ class Service:
     # -- the janitor ------------------------------------------------------------------------
 
     def owners(self) -> dict[int, str]:
-        """pid -> program name for every live process of our programs."""
-        result: dict[int, str] = {}
-        for program in self.supervisor.programs.values():
-            pid = program.pid
-            if pid is None:
-                continue
-            result[pid] = program.name
-            for child in procinfo.descendants(pid):
-                result[child] = program.name
-        return result
+        """pid -> program name for every process of our programs, as of the sampler's
+        last tree walk (seconds old at most; a message times out after minutes)."""
+        return {
+            pid: program.name
+            for program in self.supervisor.programs.values()
+            for pid in self.supervisor.processes(program)
+        }
 
     def _program_exited(self, program: Program, pids: set[int]) -> None:
         if self.janitor is not None:
