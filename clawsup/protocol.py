@@ -150,6 +150,9 @@ class BreakerStatus(msgspec.Struct, frozen=True, kw_only=True):
     open_until: float | None = None
 
 
+LivenessState = Literal["unknown", "passing", "failing", "off"]
+
+
 class ProgramStatus(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     state: str
@@ -160,7 +163,7 @@ class ProgramStatus(msgspec.Struct, frozen=True, kw_only=True):
     main: bool = False
     hung: bool = False
     unkillable: bool = False
-    liveness: Literal["unknown", "passing", "failing", "off"] = "off"
+    liveness: LivenessState = "off"
     next_start_in: float | None = None
     description: str = ""
 

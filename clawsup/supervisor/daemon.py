@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import random
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from clawsup.protocol import Event, HealthReply, ProgramStatus
+from clawsup.protocol import Event, HealthReply, LivenessState, ProgramStatus
 from clawsup.supervisor import hang, procinfo
 from clawsup.supervisor.config import Config, ConfigError, ProgramConfig, load_config
 from clawsup.supervisor.probes import http_probe, tcp_probe
@@ -43,6 +44,11 @@ _INFO_EVENTS = frozenset({
     "state", "backoff", "restarted", "exited", "reloaded", "model_changed",
     "timezone_changed", "restart_requested", "breaker_closed", "breaker_half_open",
 })
+
+
+def _done_stopping(program: Program) -> bool:
+    """Stopped, or stuck in the kernel: either way shutdown cannot wait for it longer."""
+    return program.state is not State.STOPPING or program.unkillable
 
 
 class ComponentError(Exception):
@@ -430,10 +436,7 @@ class Supervisor:
     async def _stop_all(self) -> None:
         for program in reversed(list(self.programs.values())):
             program.stop("shutdown")
-            await self.wait_for(
-                lambda p=program: p.state not in (State.STOPPING,) or p.unkillable,  # type: ignore[misc]
-                None,
-            )
+            await self.wait_for(functools.partial(_done_stopping, program), None)
 
     def _fatal_status(self, program: Program) -> int:
         last = program.last_exit
@@ -597,7 +600,7 @@ class Supervisor:
             return [pid, *watch.tree]
         return [pid, *procinfo.descendants(pid)]
 
-    def liveness_state(self, program: Program) -> str:
+    def liveness_state(self, program: Program) -> LivenessState:
         if program.config.liveness is None:
             return "off"
         last = self._watches[program.name].liveness.last_ok

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from clawsup.protocol import LastExit, ProgramStatus
+from clawsup.protocol import LastExit, LivenessState, ProgramStatus
 from clawsup.supervisor.backoff import (
     backoff_delay,
     is_crash_loop,
@@ -205,7 +205,7 @@ class Program:
             return None
         return self.clock.monotonic() - self._run.started
 
-    def status(self, liveness: str = "off") -> ProgramStatus:
+    def status(self, liveness: LivenessState = "off") -> ProgramStatus:
         next_in = None
         if self._next_start_at is not None and self.state in (State.BACKOFF, State.FATAL):
             next_in = max(0.0, self._next_start_at - self.clock.monotonic())
@@ -219,7 +219,7 @@ class Program:
             main=self.is_main,
             hung=self.hung,
             unkillable=self.unkillable,
-            liveness=liveness,  # type: ignore[arg-type]
+            liveness=liveness,
             next_start_in=next_in,
             description=self._describe(),
         )
