@@ -573,3 +573,33 @@ def test_a_second_clawsup_on_the_same_run_dir_refuses_and_starts_nothing(demo) -
     assert "spawned" not in second.stderr, "no program may start"
     assert d.gateway() == ("RUNNING", pid)
     assert d.client.status().programs[0].restarts == 0
+
+
+def test_a_stuck_message_opens_the_breaker_shown_by_clawsupctl_and_metrics(demo) -> None:
+    port = _free_port()
+    d = demo(janitor='message_timeout = "1s"', tail=f"""
+[breaker]
+fallbacks = ["openai/gpt-5.2"]
+failures = 1
+window = "1m"
+cooldown = "1m"
+[metrics]
+listen = "127.0.0.1:{port}"
+""")
+    config_file = d.home / "clawdbot.json"
+    d.command("hold-lock stuck")
+    # The stuck message is attributed to the model in use: the breaker opens at once.
+    wait_until(lambda: "openai/gpt-5.2" in json5.loads(config_file.read_text())
+               ["agents"]["defaults"]["model"]["primary"], 20, what="switch to the fallback")
+    ctl = subprocess.run([sys.executable, "-m", "clawsup.client.ctl", "--socket",
+                          d.client.endpoint, "status"], capture_output=True, text=True, timeout=30)
+    assert "breaker: open (using openai/gpt-5.2)" in ctl.stdout
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    wait_until(lambda: 'clawsup_breaker_state{model="anthropic/claude-opus-4-5",state="open"} 1.0'
+               in (_try(scrape) or ""), 15, what="the breaker state in metrics")
+    event = next(i for i in d.client.incidents().latest if i.kind == "breaker_open")
+    assert event.data["cause"] == "message_timeout"
