@@ -450,6 +450,26 @@ def test_zombie_leak_restarts_gracefully(run_clawsup, tmp_path: Path) -> None:
     assert "gw | graceful stop" in text
 
 
+def test_hang_settings_changed_by_a_reload_take_effect(run_clawsup, tmp_path: Path) -> None:
+    code = """
+        import os, time
+        for _ in range(8):
+            if os.fork() == 0:
+                os._exit(0)
+        print('leaked', flush=True)
+        while True: time.sleep(1)
+    """
+    off = '[programs.gw.hang]\nenabled = false\n'
+    on = '[programs.gw.hang]\nsample_interval = "100ms"\nzombie_children_max = 5\n'
+    clawsup = run_clawsup(program(code) + off)
+    clawsup.wait_log("gw | leaked")
+    assert "leaks zombies" not in clawsup.log()
+    config = tmp_path / "clawsup.toml"
+    config.write_text(config.read_text().replace(off, on))
+    clawsup.signal(signal.SIGHUP)
+    clawsup.wait_log("gw leaks zombies (8 > 5), restarting", timeout=30)
+
+
 HTTP_SERVER = """
     import http.server, os, sys, threading, time
     wedge = {wedge!r}

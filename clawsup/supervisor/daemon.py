@@ -26,14 +26,12 @@ from clawsup.supervisor import hang, procinfo
 from clawsup.supervisor.config import Config, ConfigError, ProgramConfig, load_config
 from clawsup.supervisor.probes import http_probe, tcp_probe
 from clawsup.supervisor.program import Program, SpawnError, State, TimerHandle
+from clawsup.supervisor.sampler import Observation, Sampler
 from clawsup.supervisor.spawn import Spawned, reset_signal_state, spawn
 
 log = logging.getLogger("clawsup")
 
 PR_SET_CHILD_SUBREAPER = 36
-# The process tree under a program (zombie count, owned PIDs) is walked every this many
-# samples: walking it costs more than the D-state read, and zombies pile up over minutes.
-TREE_SCAN_EVERY = 5
 # Lines longer than this are cut; a program printing megabytes without a newline must
 # not make the supervisor buffer them.
 MAX_LINE = 64 * 1024
@@ -86,20 +84,16 @@ class _Watch:
     """Per-program sampling state (D state, zombies, liveness)."""
 
     d_state: hang.DState = hang.NOT_IN_D
-    stat: procinfo.StatReader | None = None
     # The last walk of the process tree under ``tree_of`` (a program's pid).
     tree: tuple[int, ...] = ()
     tree_of: int | None = None
-    sampler: asyncio.TimerHandle | None = None
+    sampler: Sampler | None = None
 
     def cancel(self) -> None:
         for task in self.tasks:
             task.cancel()
         if self.sampler is not None:
-            self.sampler.cancel()
-        if self.stat is not None:
-            self.stat.close()
-    samples: int = 0
+            self.sampler.close()
     liveness: hang.Liveness = field(default_factory=hang.Liveness)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -294,6 +288,8 @@ class Supervisor:
                 log.exception("exit hook failed for %s", program.name)
         watch = self._watches.get(program.name)
         if watch is not None:
+            if watch.sampler is not None:
+                watch.sampler.watch(None)
             watch.d_state = hang.NOT_IN_D
             watch.liveness = hang.Liveness()
         program.exited(status)
@@ -305,6 +301,9 @@ class Supervisor:
         self._children[spawned.pid] = _Child(program=program, spawned=spawned)
         self._relay_output(program.name, spawned.stdout, 1)
         self._relay_output(program.name, spawned.stderr, 2)
+        watch = self._watches.get(program.name)
+        if watch is not None and watch.sampler is not None:
+            watch.sampler.watch(spawned.pid)
         return spawned.pid
 
     def kill(self, program: Program, signum: int) -> None:
@@ -424,14 +423,27 @@ class Supervisor:
     def _add_program(self, name: str, program_config: ProgramConfig) -> Program:
         program = Program(name=name, config=program_config, effects=self, clock=self.clock)
         self.programs[name] = program
-        watch = _Watch()
-        self._watches[name] = watch
-        assert self._loop is not None
-        if program_config.hang.enabled:
-            self._schedule_sample(program, watch)
-        if program_config.liveness is not None:
-            watch.tasks.append(self._loop.create_task(self._liveness_loop(program, watch)))
+        self._watch(program)
         return program
+
+    def _watch(self, program: Program) -> None:
+        """Start hang sampling and the liveness probe as the program's config says."""
+        old = self._watches.pop(program.name, None)
+        if old is not None:
+            old.cancel()
+        watch = _Watch()
+        self._watches[program.name] = watch
+        assert self._loop is not None
+        config = program.config
+        if config.hang.enabled:
+            watch.sampler = Sampler(
+                program.name, config.hang.sample_interval,
+                functools.partial(self._observed, program, watch), self._loop,
+                self.clock.monotonic,
+            )
+            watch.sampler.watch(program.pid)
+        if config.liveness is not None:
+            watch.tasks.append(self._loop.create_task(self._liveness_loop(program, watch)))
 
     async def _stop_all(self) -> None:
         for program in reversed(list(self.programs.values())):
@@ -459,65 +471,38 @@ class Supervisor:
 
     # -- hang detection ---------------------------------------------------------------------
 
-    def _schedule_sample(self, program: Program, watch: _Watch) -> None:
-        # A bare timer callback, not a task sleeping in a loop: this runs every second for
-        # the supervisor's whole life, and a task's wake-up (future, timer, two passes of
-        # the event loop) cost three times the sample itself in idle CPU.
-        assert self._loop is not None
-        watch.sampler = self._loop.call_later(
-            program.config.hang.sample_interval, self._sample_tick, program, watch
-        )
-
-    def _sample_tick(self, program: Program, watch: _Watch) -> None:
-        if self.programs.get(program.name) is not program:
-            return  # removed by a reload
-        try:
-            self.sample(program, watch)
-        finally:
-            self._schedule_sample(program, watch)
-
-    def sample(self, program: Program, watch: _Watch) -> None:
-        pid = program.pid
-        if pid is None or program.state not in (State.STARTING, State.RUNNING):
+    def _observed(self, program: Program, watch: _Watch, seen: Observation) -> None:
+        """A sample the sampler thread found worth a look (sampler.py): judge it here."""
+        if self.programs.get(program.name) is not program or program.pid != seen.pid:
+            return  # removed by a reload, or a sample of a process that is gone
+        if program.state not in (State.STARTING, State.RUNNING):
             watch.d_state = hang.NOT_IN_D
             return
-        now = self.clock.monotonic()
-        child = self._children.get(pid)
-        if watch.stat is None or watch.stat.pid != pid:
-            if watch.stat is not None:
-                watch.stat.close()
-            watch.stat = procinfo.StatReader(pid)
-        state = watch.stat.state()
-        switches = procinfo.context_switches(pid) if state == "D" else None
-        watch.d_state = hang.track_d_state(watch.d_state, state, switches, now)
+        child = self._children.get(seen.pid)
+        watch.d_state = hang.track_d_state(watch.d_state, seen.state, seen.switches, seen.at)
         settings = program.config.hang
-        if hang.is_hung(watch.d_state, now, settings.d_state_after):
-            seconds = hang.d_state_seconds(watch.d_state, now)
+        if hang.is_hung(watch.d_state, seen.at, settings.d_state_after):
+            seconds = hang.d_state_seconds(watch.d_state, seen.at)
             description = f"state: D for {seconds:.1f}s"
             self.emit("hung", program.name,
                       f"{program.name} is hung ({description}), restarting",
-                      {"state": "D", "seconds": round(seconds, 3), "pid": pid,
+                      {"state": "D", "seconds": round(seconds, 3), "pid": seen.pid,
                        "reason": "hung"})
             watch.d_state = hang.NOT_IN_D
             program.hang_detected(description)
             return
-        watch.samples += 1
-        if watch.samples % TREE_SCAN_EVERY != 1:
+        if seen.tree is None or seen.zombies is None:
             return
-        tree = procinfo.descendants(pid)
-        watch.tree, watch.tree_of = tuple(tree), pid
+        watch.tree, watch.tree_of = seen.tree, seen.pid
         if child is not None:
-            child.group_pids.update(tree)
-        # Zombies whose parent is alive: only that parent can reap them, so only a
-        # restart clears them (an orphaned zombie would be re-parented to us and reaped).
-        zombies = [p for p in tree if procinfo.run_state(p) == "Z"]
+            child.group_pids.update(seen.tree)
         if program.state is State.RUNNING and hang.is_zombie_leak(
-            len(zombies), settings.zombie_children_max
+            seen.zombies, settings.zombie_children_max
         ):
             self.emit("zombie_leak", program.name,
-                      f"{program.name} leaks zombies ({len(zombies)} > "
+                      f"{program.name} leaks zombies ({seen.zombies} > "
                       f"{settings.zombie_children_max}), restarting",
-                      {"zombies": len(zombies), "reason": "zombie_leak"})
+                      {"zombies": seen.zombies, "reason": "zombie_leak"})
             program.restart("zombie_leak")
 
     # -- liveness -----------------------------------------------------------------------------
@@ -633,6 +618,9 @@ class Supervisor:
             elif old_programs[name] != program_config:
                 program = self.programs[name]
                 program.config = program_config
+                old = old_programs[name]
+                if (old.hang, old.liveness) != (program_config.hang, program_config.liveness):
+                    self._watch(program)
                 if program.state in (State.STARTING, State.RUNNING, State.BACKOFF):
                     program.restart("config_changed")
         for hook in self.reload_hooks:

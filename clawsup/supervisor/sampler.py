@@ -1,0 +1,162 @@
+"""The hang sampler: a thread per watched program that reads /proc every ``sample_interval``.
+
+Why a thread and not a timer on the event loop: the sample runs every second for the
+supervisor's whole life, and at idle nearly all of its cost is waking Python up with cold
+caches. Measured on the bench machine, one idle wake of an asyncio loop (``_run_once``,
+the selector, the timer heap: some hundred bytecodes) costs about 240 us of CPU; a thread
+blocked in ``poll()`` that reads one /proc file costs about 120 us. supervisord's own 1 s
+tick costs about 190 us, and the issue wants clawsup's idle CPU at or below it.
+
+The thread only reads. Every decision (is it hung? leaking zombies?) and every change of
+state stays on the loop: the thread hands over only the samples that matter (a D state,
+the first sample after one, a process tree or zombie count that changed) through
+``call_soon_threadsafe``, and nothing at all while the program sleeps as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from clawsup.supervisor import procinfo
+
+log = logging.getLogger("clawsup")
+
+# The process tree under a program (zombie count, owned PIDs) is walked every this many
+# samples: walking it costs more than the D-state read, and zombies pile up over minutes.
+TREE_SCAN_EVERY = 5
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One sample of a program's process, as the loop receives it."""
+
+    pid: int
+    state: str | None  # the main thread's state letter; None once the process is gone
+    switches: int | None  # its context switches, read only in D
+    at: float  # monotonic time of the sample
+    # Set when the tree was walked and differs from the last one handed over.
+    tree: tuple[int, ...] | None = None
+    zombies: int | None = None
+
+
+class Sampler:
+    """Samples one program's current process from a thread; see the module docstring.
+
+    ``watch(pid)`` (from the loop) says which process to sample; ``None`` pauses sampling
+    while no process runs. The PID is handed over as one attribute: a reference
+    assignment is atomic under the GIL, and a sample of a PID the loop has just dropped is
+    harmless because the loop checks the PID of each observation it receives.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        deliver: Callable[[Observation], None],
+        loop: asyncio.AbstractEventLoop,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.name = name
+        self._interval_ms = max(1, round(interval * 1000))
+        self._deliver = deliver
+        self._loop = loop
+        self._monotonic = monotonic
+        self._pid: int | None = None
+        # close() writes here to end the thread's poll() at once, not at the next sample.
+        self._stop_read, self._stop_write = os.pipe()
+        self._thread = threading.Thread(
+            target=self._run, name=f"clawsup-sampler-{name}", daemon=True
+        )
+        self._thread.start()
+
+    def watch(self, pid: int | None) -> None:
+        self._pid = pid
+
+    def close(self) -> None:
+        if self._stop_write < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._stop_write, b"x")
+        self._thread.join(timeout=5.0)
+        os.close(self._stop_write)
+        self._stop_write = -1
+        if not self._thread.is_alive():
+            # Only once the thread is gone: it may still be inside poll() on this fd.
+            os.close(self._stop_read)
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._stop_read, select.POLLIN)
+        # Everything below is this thread's own: the loop never touches it.
+        reader: procinfo.StatReader | None = None
+        samples = 0
+        in_d = False
+        last_tree: tuple[int, tuple[int, ...], int] | None = None
+        failing = False
+        # Keep this loop short: it is the idle cost of clawsup.
+        while not poller.poll(self._interval_ms):
+            pid = self._pid
+            if pid is None:
+                if reader is not None:
+                    reader.close()
+                    reader = None
+                continue
+            try:
+                if reader is None or reader.pid != pid:
+                    if reader is not None:
+                        reader.close()
+                    reader = procinfo.StatReader(pid)
+                    samples = 0
+                    in_d = False
+                state = reader.state()
+                samples += 1
+                walk = samples % TREE_SCAN_EVERY == 1
+                if state != "D" and not in_d and not walk:
+                    continue
+                seen = self._observe(pid, state, walk, last_tree)
+                # The first sample out of D goes to the loop too: it ends the D record.
+                was_in_d, in_d = in_d, state == "D"
+                if seen.tree is not None:
+                    assert seen.zombies is not None
+                    last_tree = (pid, seen.tree, seen.zombies)
+                if in_d or was_in_d or seen.tree is not None:
+                    self._loop.call_soon_threadsafe(self._deliver, seen)
+                failing = False
+            except RuntimeError:
+                return  # the loop is closed: the supervisor is exiting
+            except Exception:
+                # A bug, not a /proc race (those return None): say so once per run of
+                # failures, and keep sampling rather than silently losing hang detection.
+                if not failing:
+                    log.exception("hang sampler of %s failed; it keeps sampling", self.name)
+                failing = True
+        if reader is not None:
+            reader.close()
+
+    def _observe(
+        self, pid: int, state: str | None, walk: bool,
+        last_tree: tuple[int, tuple[int, ...], int] | None,
+    ) -> Observation:
+        switches = procinfo.context_switches(pid) if state == "D" else None
+        at = self._monotonic()
+        if not walk or state is None:
+            return Observation(pid=pid, state=state, switches=switches, at=at)
+        tree = tuple(procinfo.descendants(pid))
+        # Zombies whose parent is alive: only that parent can reap them, so only a restart
+        # clears them (an orphaned zombie would be re-parented to us and reaped).
+        zombies = sum(1 for p in tree if procinfo.run_state(p) == "Z")
+        # Zombies are handed over at every walk, changed or not: a leak found while the
+        # program was STARTING must still be judged once it is RUNNING.
+        if last_tree == (pid, tree, zombies) and not zombies:
+            return Observation(pid=pid, state=state, switches=switches, at=at)
+        return Observation(pid=pid, state=state, switches=switches, at=at,
+                           tree=tree, zombies=zombies)

@@ -1,0 +1,177 @@
+"""The hang sampler thread: what it reads from /proc and what it hands to the loop.
+
+Real processes, a real asyncio loop; the sampler runs every 20 ms here instead of every
+second so each test takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clawsup.supervisor import procinfo
+from clawsup.supervisor.sampler import TREE_SCAN_EVERY, Observation, Sampler
+from tests.util import wait_until
+
+INTERVAL = 0.02
+
+
+def spawn_python(code: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+class LoopThread:
+    """An asyncio loop in a thread, recording what a Sampler delivers to it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.seen: list[Observation] = []
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def deliver(self, observation: Observation) -> None:
+        assert threading.current_thread() is self._thread  # only ever on the loop
+        self.seen.append(observation)
+
+    def sampler(self, pid: int | None) -> Sampler:
+        sampler = Sampler("test", INTERVAL, self.deliver, self.loop, time.monotonic)
+        sampler.watch(pid)
+        return sampler
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+@pytest.fixture
+def loop() -> Iterator[LoopThread]:
+    running = LoopThread()
+    yield running
+    running.close()
+
+
+def test_state_letter_of_a_process_with_a_tricky_name(procs: list[subprocess.Popen[bytes]]):
+    # prctl(PR_SET_NAME) accepts anything; ") D (" must not be taken for the state.
+    child = spawn_python(
+        "import ctypes, time\n"
+        "ctypes.CDLL(None).prctl(15, b'x) D (7 y', 0, 0, 0)\n"
+        "time.sleep(60)\n")
+    procs.append(child)
+    stat = Path(f"/proc/{child.pid}/stat")
+    wait_until(lambda: b"x) D (7 y" in stat.read_bytes(),
+               what="renamed")
+    wait_until(lambda: procinfo.run_state(child.pid) == "S", what="asleep")
+    reader = procinfo.StatReader(child.pid)
+    try:
+        assert reader.state() == "S"
+        child.kill()
+        child.wait()
+        assert reader.state() is None  # reaped: the open descriptor reads ESRCH
+    finally:
+        reader.close()
+
+
+def test_a_sleeping_program_costs_the_loop_nothing_after_its_first_tree(
+    loop: LoopThread, procs: list[subprocess.Popen[bytes]]
+):
+    child = spawn_python("import time; time.sleep(60)")
+    procs.append(child)
+    wait_until(lambda: procinfo.run_state(child.pid) == "S", what="asleep")
+    sampler = loop.sampler(child.pid)
+    try:
+        wait_until(lambda: loop.seen, what="the first tree walk")
+        # Three more walks' worth of samples, and nothing changes.
+        time.sleep(3 * TREE_SCAN_EVERY * INTERVAL)  # the time that passes is the point
+    finally:
+        sampler.close()
+    assert len(loop.seen) == 1
+    [first] = loop.seen
+    assert (first.pid, first.state, first.tree, first.zombies) == (child.pid, "S", (), 0)
+
+
+def test_d_state_is_handed_over_at_every_sample_and_its_end_once(
+    loop: LoopThread, procs: list[subprocess.Popen[bytes]]
+):
+    # A vfork parent stays in D until its child exits (the demo gateway's way).
+    child = spawn_python(
+        "import time\n"
+        "from clawsup.demo.gateway import enter_d_state\n"
+        "time.sleep(0.3)\n"
+        "enter_d_state(0.5)\n"
+        "time.sleep(60)\n")
+    procs.append(child)
+    sampler = loop.sampler(child.pid)
+    try:
+        wait_until(lambda: sum(o.state == "D" for o in loop.seen) >= 5, what="D samples")
+        wait_until(lambda: loop.seen[-1].state != "D", what="the end of D")
+        time.sleep(3 * INTERVAL)  # nothing more comes for a process asleep again
+    finally:
+        sampler.close()
+    states = [o.state for o in loop.seen]
+    first_d = states.index("D")
+    last_d = len(states) - 1 - states[::-1].index("D")
+    assert all(s == "D" for s in states[first_d:last_d + 1])
+    # After D: its first sample, then only tree walks that found something new (the
+    # vfork child is gone from the tree at most once).
+    after = loop.seen[last_d + 1:]
+    assert after[0].state == "S"
+    assert all(o.tree is not None for o in after[1:])
+    # Switch counts are read in D only, and the clock is monotonic.
+    assert all(o.switches is not None for o in loop.seen if o.state == "D")
+    assert all(a.at <= b.at for a, b in zip(loop.seen, loop.seen[1:], strict=False))
+
+
+def test_a_new_grandchild_and_zombies_are_handed_over(
+    loop: LoopThread, procs: list[subprocess.Popen[bytes]]
+):
+    child = spawn_python(
+        "import os, time\n"
+        "time.sleep(0.2)\n"
+        "for _ in range(3):\n"
+        "    if os.fork() == 0:\n"
+        "        os._exit(0)\n"  # never waited for: three zombies
+        "time.sleep(60)\n")
+    procs.append(child)
+    sampler = loop.sampler(child.pid)
+    try:
+        found = wait_until(lambda: [o for o in loop.seen if o.zombies == 3], what="zombies")
+        # Zombies are handed over at every walk, changed or not.
+        wait_until(lambda: len([o for o in loop.seen if o.zombies == 3]) >= 3,
+                   what="zombies again")
+    finally:
+        sampler.close()
+    assert len(found[0].tree or ()) == 3
+
+
+def test_watching_nothing_samples_nothing_and_close_ends_the_thread(
+    loop: LoopThread, procs: list[subprocess.Popen[bytes]]
+):
+    child = spawn_python("import time; time.sleep(60)")
+    procs.append(child)
+    sampler = loop.sampler(None)
+    time.sleep(3 * TREE_SCAN_EVERY * INTERVAL)
+    assert loop.seen == []
+    sampler.watch(child.pid)
+    wait_until(lambda: loop.seen, what="sampling once watched")
+    threads = threading.active_count()
+    sampler.close()
+    assert threading.active_count() == threads - 1
+    sampler.close()  # twice is harmless
