@@ -1,3 +1,3 @@
-from clawsup.cli import main
+from clawsup.entrypoint import main
 
 main()

@@ -2,40 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
-from clawsup import __version__
-
-if TYPE_CHECKING:
-    from clawsup.supervisor.config import Config
-
-# Exit status for an unusable config: nothing was started.
-EXIT_CONFIG = 2
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s clawsup %(levelname)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        stream=sys.stderr,
-    )
-
-
-def _load(paths: tuple[str, ...]) -> tuple[list[str], Config]:
-    """The config files named (or the default one) as one Config; exit 2 if unusable."""
-    from clawsup.supervisor.config import ConfigError, default_config_path, load_config
-
-    files = list(paths) or [default_config_path()]
-    try:
-        return files, load_config(*files)
-    except ConfigError as error:
-        click.echo(f"clawsup: {error}", err=True)
-        sys.exit(EXIT_CONFIG)
+from clawsup import __version__, entrypoint
 
 
 @click.group()
@@ -50,22 +21,8 @@ def main() -> None:
                    "Given twice, the second overrides keys of the first.")
 def run(paths: tuple[str, ...]) -> None:
     """Run the supervisor in the foreground (the container's ENTRYPOINT)."""
-    files, config = _load(paths)
-    _setup_logging(config.supervisor.log_level)
-    if not _needs_ssl_module(config):
-        # asyncio imports ssl, which maps OpenSSL (about 4.5 MiB of RSS), for TLS that a
-        # supervisor without alerts or metrics never uses. A None entry makes asyncio's own
-        # "try: import ssl" take its no-TLS path; PID 1 lives long, the memory counts.
-        sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
-    from clawsup.supervisor.service import run_service
-
-    sys.exit(run_service(config, files))
-
-
-def _needs_ssl_module(config: Config) -> bool:
-    """Whether anything configured imports ssl: https alerts, and prometheus_client
-    (whose exposition module imports it at import time)."""
-    return config.alerts is not None or config.metrics is not None
+    # The usual command lines never get here: entrypoint.main runs them without click.
+    entrypoint.run(paths)
 
 
 @main.command()
@@ -74,7 +31,7 @@ def _needs_ssl_module(config: Config) -> bool:
                    "/etc/clawsup/clawsup.toml).")
 def check(paths: tuple[str, ...]) -> None:
     """Validate a config; print what is wrong with file and key."""
-    files, config = _load(paths)
+    files, config = entrypoint.load(paths)
     names = ", ".join(
         f"{name} (main)" if program.main else name for name, program in config.programs.items()
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from clawsup.supervisor import procinfo
 from clawsup.supervisor.janitor import archive_name, archived_at_from_name, rename_noreplace
 from clawsup.supervisor.locks import (
     INDEX_LOCK_STALE_AFTER,
@@ -223,8 +224,13 @@ def child() -> Iterator[subprocess.Popen[bytes]]:
         process.wait()
 
 
+def test_boot_time_is_psutils(child: subprocess.Popen[bytes]) -> None:
+    # The janitor reads btime itself so that PID 1 does not load psutil for one number.
+    assert procinfo.boot_time() == psutil.boot_time()
+
+
 def test_probe_owner_agrees_with_psutil(child: subprocess.Popen[bytes]) -> None:
-    probed = probe_owner(child.pid, psutil.boot_time())
+    probed = probe_owner(child.pid, procinfo.boot_time())
     assert probed is not None
     assert probed.ppid == os.getpid()
     assert probed.create_time == pytest.approx(psutil.Process(child.pid).create_time(), abs=1e-6)

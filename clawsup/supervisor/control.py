@@ -34,13 +34,14 @@ import os
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import zmq
 import zmq.asyncio
-import zmq.auth
-import zmq.auth.asyncio
+
+if TYPE_CHECKING:
+    import zmq.auth.asyncio
 
 from clawsup.protocol import (
     BAD_REQUEST,
@@ -224,8 +225,10 @@ def _load_secret_key(path: Path) -> bytes:
     if len(text) == 40 and b"\n" not in text:
         secret: bytes | None = text
     else:
+        from zmq.auth import load_certificate
+
         try:
-            _public, secret = zmq.auth.load_certificate(path)
+            _public, secret = load_certificate(path)
         except ValueError as exc:
             raise ControlServerError(f"cannot load curve_secret_key_file {path}: {exc}") from exc
     if secret is None:
@@ -381,7 +384,11 @@ class ControlServer:
 
     def _open_tcp(self, endpoint: str, secret: bytes) -> None:
         assert self._ctx is not None
-        self._auth = zmq.auth.asyncio.AsyncioAuthenticator(self._ctx, log=log)
+        # Imported only for a TCP endpoint: the ipc-only supervisor (the usual one) has
+        # no use for zmq.auth and its certificate code.
+        from zmq.auth.asyncio import AsyncioAuthenticator
+
+        self._auth = AsyncioAuthenticator(self._ctx, log=log)
         self._auth.start()
         self.reload_authorized_keys()
         router = self._router()

@@ -69,6 +69,21 @@ class SystemClock:
         return time.time()
 
 
+def release_free_memory() -> bool:
+    """Return freed heap pages to the kernel; False where libc cannot (musl).
+
+    glibc keeps memory that was malloc'ed and freed mapped, for reuse, except at the very
+    top of the heap: after start-up that is about 1.1 MiB of RSS nothing uses again.
+    ``malloc_trim(0)`` releases every whole free page (MADV_DONTNEED), wherever it is.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except AttributeError:
+        return False
+    trim(0)
+    return True
+
+
 @dataclass
 class _Child:
     """A process we spawned, until the reaper has its status."""
@@ -160,9 +175,12 @@ class Supervisor:
         for program in list(self.programs.values()):
             if program.config.autostart:
                 program.start("autostart")
-        # 7. Wait for a stop signal, a shutdown request or a FATAL main program.
+        # 7. Give back what start-up used and freed (config parsing, imports, the first
+        #    janitor pass): PID 1 would otherwise carry it for its whole life.
+        release_free_memory()
+        # 8. Wait for a stop signal, a shutdown request or a FATAL main program.
         await self._shutdown_requested.wait()
-        # 8. Stop everything in reverse order, then report the main program's status.
+        # 9. Stop everything in reverse order, then report the main program's status.
         if self._exit_code is None and self.main.state is State.FATAL:
             self._exit_code = self._fatal_status(self.main)
         await self._stop_all()

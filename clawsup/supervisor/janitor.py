@@ -65,8 +65,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
-import psutil
-
+from clawsup.supervisor import procinfo
 from clawsup.supervisor.config import JanitorConfig, expand_path
 from clawsup.supervisor.inotify import (
     IN_DELETE_SELF,
@@ -873,7 +872,7 @@ class Janitor:
         def owner_of(pid: int) -> OwnerProcess | None:
             if pid not in probed:
                 if not boot_time:
-                    boot_time.append(psutil.boot_time())
+                    boot_time.append(procinfo.boot_time())
                 self._stats.owner_probes += 1
                 probed[pid] = probe_owner(pid, boot_time[0])
             return probed[pid]

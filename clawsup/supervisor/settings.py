@@ -46,17 +46,18 @@ import logging
 import os
 import re
 import stat
-import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import json5
 import msgspec
 
-from clawsup.supervisor import json5edit
 from clawsup.supervisor.config import GatewayConfigFile, expand_path
+
+# json5, json5edit and zoneinfo are imported where they are used: they serve set_model and
+# set_timezone only, and at start-up they would cost PID 1 about 2 MiB of RSS for good
+# (json5 pulls in unicodedata; zoneinfo pulls in sysconfig).
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,8 @@ def validate_timezone(zone: str) -> str:
         or zone in _NOT_ZONES
     ):
         raise SettingError(f"unknown time zone {shown}")
+    import zoneinfo
+
     try:
         zoneinfo.ZoneInfo(zone)
     except zoneinfo.ZoneInfoNotFoundError:
@@ -308,6 +311,8 @@ def _parse(path: Path, raw: bytes | None) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise SettingError(f"gateway config {path} is not UTF-8 text: {error}") from None
+    import json5
+
     try:
         doc = json5.loads(text)
     except (ValueError, RecursionError) as error:
@@ -401,6 +406,10 @@ def _new_text(
     survive; the full JSON rewrite when that cannot be done with certainty."""
     if before.raw is None or not all(isinstance(v, str) for v in values.values()):
         return render_config(doc)
+    import json5
+
+    from clawsup.supervisor import json5edit
+
     try:
         text = before.raw.decode("utf-8")
         for key, value in values.items():
