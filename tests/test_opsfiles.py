@@ -321,6 +321,52 @@ def test_missing_inbox_has_no_requests(tmp_path: Path):
     assert OpsInbox(tmp_path / "ops-requests").take() == []
 
 
+def _age_directory(directory: Path, seconds: float) -> int:
+    """Set the directory's mtime ``seconds`` into the past; return it (ns)."""
+    then = time.time_ns() - int(seconds * 1e9)
+    os.utime(directory, ns=(then, then))
+    return then
+
+
+def test_an_empty_inbox_is_not_listed_again_until_it_changes(inbox: Path):
+    ops = OpsInbox(inbox)
+    old = _age_directory(inbox, 60)
+    assert ops.take() == []  # listed: empty, and quiet for a while
+    # A request that leaves the directory's mtime as it was (the kernel's coarse clock
+    # can do that for a file created just after a listing) is not seen...
+    write_request(inbox, "req-1.json", {"action": "restart"})
+    os.utime(inbox, ns=(old, old))
+    assert ops.take() == []
+    # ...but any change of the mtime is, at once.
+    os.utime(inbox, ns=(old + 1, old + 1))
+    assert [p.name for p in ops.take()] == ["req-1.json"]
+
+
+def test_a_recently_changed_inbox_is_always_listed(inbox: Path):
+    # The race the shortcut must not lose: the directory changed just before the
+    # listing, and a request arrives within the same tick of the kernel's clock.
+    ops = OpsInbox(inbox)
+    recent = _age_directory(inbox, 0.5)
+    assert ops.take() == []
+    write_request(inbox, "req-1.json", {"action": "restart"})
+    os.utime(inbox, ns=(recent, recent))
+    assert [p.name for p in ops.take()] == ["req-1.json"]
+
+
+def test_an_inbox_with_requests_in_flight_is_listed(inbox: Path):
+    write_request(inbox, "req-1.json", {"action": "restart"})
+    ops = OpsInbox(inbox)
+    [pending] = ops.take()
+    old = _age_directory(inbox, 60)
+    assert ops.take() == []  # in flight: not handed out twice
+    ops.finish(pending, True, {"restarted": "gateway"})
+    write_request(inbox, "req-2.json", {"action": "restart"})
+    os.utime(inbox, ns=(old, old))
+    # The first listing after the finish must happen: the shortcut needs an empty
+    # listing of its own first.
+    assert [p.name for p in ops.take()] == ["req-2.json"]
+
+
 def test_malformed_request_goes_to_failed_at_once_with_its_error(inbox: Path):
     write_request(inbox, "req-1.json", b"{not json")
     write_request(inbox, "req-2.json", {"action": "restart"})

@@ -358,8 +358,10 @@ class Controller:
 
     # -- the old watchdog's files ---------------------------------------------------------------
 
-    def poll_files(self) -> None:
-        """The restart flag and the ops-requests inbox; called every janitor interval."""
+    def poll_files(self) -> float | None:
+        """The restart flag and the ops-requests inbox; called every janitor interval and
+        when inotify sees them change. Returns when (wall clock) a request file that is
+        still being written will have settled, to look again then; None if there is none."""
         if self._restart_flag is not None:
             try:
                 reason = self._restart_flag.take()
@@ -374,7 +376,7 @@ class Controller:
                                      {"reason": "restart_flag", "detail": reason})
                 program.restart("restart_flag")
         if self._ops is None:
-            return
+            return None
         for pending in self._ops.take():
             request = pending.request
             reply: Reply
@@ -400,6 +402,7 @@ class Controller:
                 if isinstance(reply, ErrorReply) else _as_dict(reply)
             )
             self._ops.finish(pending, ok, result)
+        return self._ops.settles_at
 
     # -- the model breaker ----------------------------------------------------------------------
 

@@ -464,6 +464,29 @@ class Janitor:
         to say which program a stuck message belongs to."""
         return self._sweep(owners or {}, report_stuck=True, refresh=False)
 
+    def quiet_until(self) -> float | None:
+        """Until when (wall clock) sweeps would find nothing to do unless inotify reports
+        a change; None when time alone may bring work, so a sweep is due every interval.
+
+        Time alone brings work while a lock is indexed (its owner may die or its message
+        get stuck, with no file event), an oversized session waits for its lock, inotify
+        reported names not looked at yet, or a directory is not (yet) watched. Otherwise
+        only the next full pass and the first archive to expire are on the clock.
+        """
+        if self._inotify is None or self._overflowed or self._dirs_changed:
+            return None
+        deadline = self._next_full
+        if deadline is None:
+            return None
+        retention = self._config.archive_retention
+        for directory in self._dirs.values():
+            if (directory.wd is None or directory.rescan or directory.dirty
+                    or directory.locks or directory.oversized):
+                return None
+            for _, archived_at in directory.archives.values():
+                deadline = min(deadline, archived_at + retention)
+        return deadline
+
     def program_exited(
         self, program: str, pids: Collection[int], owners: Mapping[int, str] | None = None
     ) -> SweepReport:

@@ -105,6 +105,9 @@ FLAG_READ_LIMIT = 4 << 10
 MAX_REQUEST_SIZE = 64 << 10
 # A request file younger than this may still be being written by a non-atomic writer.
 SETTLE_SECONDS = 0.5
+# An inbox whose mtime is older than this before a listing that found it empty is taken to
+# be empty for as long as its mtime stays the same (see OpsInbox.take).
+_QUIET_MARGIN = 2.0
 DONE_DIR = "done"
 FAILED_DIR = "failed"
 RESULT_SUFFIX = ".result.json"
@@ -189,6 +192,9 @@ class RestartFlag:
         removable, it is taken and the restart happens.
         """
         identity = _identity(self.path)
+        if identity is None:  # no flag: the usual case, one lstat per sweep
+            self._stuck = None
+            return None
         try:
             reason = take_restart_flag(self.path)
         except FlagError:
@@ -292,14 +298,20 @@ def pending_requests(
     A missing directory has none. ``now`` (wall-clock seconds, as file times are) decides
     which files are still settling. Reads only; moving is ``finish``'s job.
     """
-    inbox = expand_path(os.fspath(directory))
     current = time.time() if now is None else now
+    found, _ = _scan_inbox(expand_path(os.fspath(directory)), current, settle)
+    return found
+
+
+def _scan_inbox(inbox: Path, now: float, settle: float) -> tuple[list[PendingRequest], float | None]:
+    """The requests ready in ``inbox``, and when the first file still settling will be."""
     try:
         with os.scandir(inbox) as listing:
             entries = sorted(listing, key=lambda entry: entry.name)
     except FileNotFoundError:
-        return []
+        return [], None
     found = []
+    settles_at: float | None = None
     for entry in entries:
         if entry.name.startswith(".") or not entry.name.endswith(".json"):
             continue
@@ -309,13 +321,15 @@ def pending_requests(
             continue
         if not stat.S_ISREG(info.st_mode):
             continue
-        if 0 <= current - info.st_mtime < settle:
+        if 0 <= now - info.st_mtime < settle:
+            ready_at = info.st_mtime + settle
+            settles_at = ready_at if settles_at is None else min(settles_at, ready_at)
             continue
         identity = (info.st_dev, info.st_ino, info.st_mtime_ns)
         pending = _read_request(inbox / entry.name, identity)
         if pending is not None:
             found.append(pending)
-    return found
+    return found, settles_at
 
 
 def _open_outcome_directory(inbox: int, name: str, owner: tuple[int, int] | None) -> int:
@@ -423,15 +437,25 @@ class OpsInbox:
         # Could not be moved: name -> identity of that file, skipped while it stays.
         self._stuck: dict[str, tuple[int, ...]] = {}
         self._last_listing_error: str | None = None
+        # (dev, inode, mtime) of the inbox when a listing found no request in it.
+        self._empty_as_of: tuple[int, int, int] | None = None
+        # Wall-clock time when a file the last look left alone (still being written)
+        # will have settled; None when there was none.
+        self.settles_at: float | None = None
 
     def take(self, now: float | None = None) -> list[PendingRequest]:
         """Requests to run, in name order; each must be passed back to ``finish``.
 
         Files that are not valid requests are moved to ``failed/`` here and logged.
         """
+        current = time.time() if now is None else now
+        if self._still_empty(current):
+            self.settles_at = None
+            return []
         try:
-            found = pending_requests(self.directory, now=now, settle=self.settle)
+            found, self.settles_at = _scan_inbox(self.directory, current, self.settle)
         except OSError as error:
+            self.settles_at = None
             message = f"cannot list ops requests in {self.directory}: {error.strerror}"
             if message != self._last_listing_error:
                 log.error("%s", message)
@@ -454,6 +478,36 @@ class OpsInbox:
             self._in_flight.add(pending.name)
             ready.append(pending)
         return ready
+
+    def _still_empty(self, now: float) -> bool:
+        """True when the inbox is known empty and unchanged: one stat instead of a listing.
+
+        This runs every sweep for the supervisor's whole life, nearly always on an empty
+        inbox. A file created or renamed into it changes the directory's mtime, but the
+        kernel stamps that from a coarse clock (a few ms), so a file created just after a
+        listing may leave it unchanged. The shortcut is trusted only when the mtime was
+        already ``_QUIET_MARGIN`` older than the listing, as git trusts a racy index entry:
+        any later change then stamps a different mtime.
+        """
+        try:
+            info = os.stat(self.directory)
+        except OSError:
+            self._empty_as_of = None
+            return False  # the listing says what is wrong, once
+        identity = (info.st_dev, info.st_ino, info.st_mtime_ns)
+        if identity == self._empty_as_of:
+            return True
+        self._empty_as_of = None
+        if self._in_flight or self._stuck or now - info.st_mtime < _QUIET_MARGIN:
+            return False
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return False
+        if any(name.endswith(".json") and not name.startswith(".") for name in names):
+            return False
+        self._empty_as_of = identity
+        return True
 
     def finish(self, pending: PendingRequest, ok: bool, result: Mapping[str, Any]) -> Path | None:
         """As the module's ``finish``; a move that fails is logged and remembered, not raised."""
