@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import zmq
@@ -38,6 +36,9 @@ from clawsup.protocol import Reload as _Reload
 from clawsup.protocol import Shutdown as _Shutdown
 from clawsup.protocol import Signal as _Signal
 from clawsup.protocol import Version as _Version
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DEFAULT_ENDPOINT = "ipc:///run/clawsup/control.sock"
 DEFAULT_TIMEOUT = 5.0
@@ -119,7 +120,8 @@ def events_endpoint_for(control_endpoint: str) -> str:
         raise ClawsupError(
             f"events are published on the ipc socket only; cannot derive it from {control_endpoint}"
         )
-    return f"ipc://{Path(control_endpoint[len('ipc://') :]).parent / 'events.sock'}"
+    control_path = control_endpoint[len("ipc://") :]
+    return f"ipc://{os.path.join(os.path.dirname(control_path), 'events.sock')}"
 
 
 def _ipc_path(endpoint: str) -> str | None:
@@ -129,8 +131,11 @@ def _ipc_path(endpoint: str) -> str | None:
 def _why_unreachable(path: str) -> str | None:
     """Why an ipc socket file cannot be connected to, or None if something accepts.
 
-    Asked only after a call failed, so the happy path never makes this extra connection.
+    Asked only after a call failed, so the happy path never makes this extra connection
+    (nor imports the socket module).
     """
+    import socket
+
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
