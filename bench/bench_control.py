@@ -4,7 +4,8 @@
 
 1. ``status`` round trips through ``clawsup.client.Client`` against a real ControlServer
    (with the fake handler of the tests) in this process, p50/p99 over ``--calls``; beside
-   it the floor of this machine: a bare pyzmq REQ -> ROUTER echo in the same setup.
+   it the floor of this machine: a bare pyzmq REQ -> ROUTER echo in the same setup, the
+   two timed in alternating blocks of 100 calls.
 2. ``clawsupctl status`` as a whole process against ``supervisorctl status`` (a real
    supervisord 4.3, one sleeping program, unix socket) and, when circus can be
    installed into a separate venv, ``circusctl status`` (a real circusd). All in the same
@@ -45,35 +46,57 @@ BIN = Path(sys.executable).parent
 FLOORS = ("pass", "import click", "import click, zmq, msgspec")
 
 
+def floor_name(code: str) -> str:
+    return f'python -c "{code}"'
+
+
 def percentiles(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def time_calls(call: Callable[[], object], calls: int) -> list[float]:
-    for _ in range(min(100, calls)):  # warm up: connections, caches
-        call()
-    samples = []
-    for _ in range(calls):
-        began = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - began)
+def time_interleaved(calls: dict[str, Callable[[], object]], count: int) -> dict[str, list[float]]:
+    """Time each call ``count`` times, in alternating blocks of 100.
+
+    Where the threads of a round trip run (one CPU or two) changes its latency by 2x on
+    this 2-core VM and can change between one block of calls and the next; alternating
+    blocks lets clawsup and the floor share whatever the machine does.
+    """
+    for call in calls.values():
+        for _ in range(min(100, count)):  # warm up: connections, caches
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    while len(samples[next(iter(calls))]) < count:
+        for name, call in calls.items():
+            for _ in range(min(100, count - len(samples[name]))):
+                began = time.perf_counter()
+                call()
+                samples[name].append(time.perf_counter() - began)
     return samples
 
 
 # -- 1. round trips ---------------------------------------------------------------------
 
 
-def bench_round_trips(calls: int, workdir: Path) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {}
-    with ServerThread(workdir / "run") as server, Client(server.endpoint) as client:
-        results["clawsup status (Client -> ControlServer)"] = time_calls(client.status, calls)
-    results["floor: bare pyzmq REQ -> ROUTER echo"] = _echo_floor(calls, workdir / "echo.sock")
-    return results
+def bench_round_trips(count: int, workdir: Path) -> dict[str, list[float]]:
+    with (
+        ServerThread(workdir / "run") as server,
+        Client(server.endpoint) as client,
+        echo_peer(workdir / "echo.sock") as echo,
+    ):
+        return time_interleaved(
+            {
+                "clawsup status (Client -> ControlServer)": client.status,
+                "floor: bare pyzmq REQ -> ROUTER echo": echo,
+            },
+            count,
+        )
 
 
-def _echo_floor(calls: int, path: Path) -> list[float]:
-    """What ZeroMQ over ipc costs on this machine, with no clawsup code at all."""
+@contextmanager
+def echo_peer(path: Path) -> Iterator[Callable[[], bytes]]:
+    """What ZeroMQ over ipc costs on this machine, with no clawsup code at all: a ROUTER
+    echoing in a thread of its own, and a call through a REQ socket."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.bind(f"ipc://{path}")
@@ -94,7 +117,7 @@ def _echo_floor(calls: int, path: Path) -> list[float]:
         return req.recv()
 
     try:
-        return time_calls(call, calls)
+        yield call
     finally:
         stop.set()
         thread.join()
@@ -242,7 +265,10 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="bench-control-") as tmp:
         workdir = Path(tmp)
-        print(f"\n1. status round trip, {args.calls} calls, client thread in this process")
+        print(
+            f"\n1. status round trip, {args.calls} calls each in alternating blocks of 100,"
+            " client thread in this process"
+        )
         print(f"   {'':45} {'p50 ms':>8} {'p99 ms':>8}")
         for name, samples in bench_round_trips(args.calls, workdir).items():
             p50, p99 = percentiles(samples)
@@ -259,7 +285,7 @@ def main() -> None:
                 "supervisorctl": supervisorctl,
                 # Floors: what any Python CLI in this venv pays, click alone, and the
                 # libraries clawsupctl needs for status without a line of clawsup.
-                **{f"python -c {code!r}": [sys.executable, "-c", code] for code in FLOORS},
+                **{floor_name(code): [sys.executable, "-c", code] for code in FLOORS},
             }
             if venv is not None:
                 with circusd(venv, workdir) as circusctl:
@@ -269,9 +295,9 @@ def main() -> None:
                 cli = bench_clis(commands, args.runs)
         if venv is None:
             print(f"   circusctl: not measured ({how})")
-        print(f"   {'':26} {'min ms':>8} {'median ms':>10}")
+        print(f"   {'':40} {'min ms':>8} {'median ms':>10}")
         for name, samples in cli.items():
-            print(f"   {name:26} {min(samples) * 1e3:8.1f} {statistics.median(samples) * 1e3:10.1f}")
+            print(f"   {name:40} {min(samples) * 1e3:8.1f} {statistics.median(samples) * 1e3:10.1f}")
         ours = cli["clawsupctl"]
         for other in ("supervisorctl", "circusctl"):
             if other not in cli:
@@ -281,8 +307,8 @@ def main() -> None:
             print(f"   clawsupctl / {other}: {by_min:.2f}x (min), {by_median:.2f}x (median)")
         print("   target: clawsupctl <= 0.5x supervisorctl")
         for code in FLOORS:
-            floor = min(cli[f"python -c {code!r}"]) / min(cli["supervisorctl"])
-            print(f"   floor: 'python -c {code!r}' alone is {floor:.2f}x supervisorctl (min)")
+            floor = min(cli[floor_name(code)]) / min(cli["supervisorctl"])
+            print(f"   floor: {floor_name(code)} alone is {floor:.2f}x supervisorctl (min)")
 
 
 if __name__ == "__main__":
