@@ -58,9 +58,9 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 def time_interleaved(calls: dict[str, Callable[[], object]], count: int) -> dict[str, list[float]]:
     """Time each call ``count`` times, in alternating blocks of 100.
 
-    Where the threads of a round trip run (one CPU or two) changes its latency by 2x on
-    this 2-core VM and can change between one block of calls and the next; alternating
-    blocks lets clawsup and the floor share whatever the machine does.
+    Where the threads of a round trip run changes its latency by 3x on the 2-core VM
+    (spread over both CPUs or sharing one), and that can change between one block of
+    calls and the next; alternating blocks lets clawsup and the floor share it.
     """
     for call in calls.values():
         for _ in range(min(100, count)):  # warm up: connections, caches
