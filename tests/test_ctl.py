@@ -306,3 +306,42 @@ def test_importing_the_cli_loads_neither_zmq_nor_the_supervisor() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     ).stdout
     assert out.split() == []
+
+
+# Modules `clawsupctl status` has no use for: each one costs start-up time on every call
+# (pathlib alone drags in urllib.parse, ipaddress and fnmatch).
+NOT_FOR_STATUS = (
+    "pathlib",
+    "socket",
+    "json",
+    "zoneinfo",
+    "datetime",
+    "shutil",
+    "dataclasses",
+    "asyncio",
+    "zmq.auth",
+    "clawsup.supervisor",
+)
+
+
+def test_status_imports_only_what_it_needs(server: ServerThread) -> None:
+    # Whatever click, pyzmq and msgspec load themselves is theirs; what clawsupctl's own
+    # code adds on top for `status` must stay off the list above.
+    code = (
+        "import sys, click, zmq, msgspec\n"
+        "libraries = set(sys.modules)\n"
+        "from clawsup.client.ctl import main\n"
+        "try:\n"
+        f"    main(['--socket', {server.endpoint!r}, 'status'])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "print(' '.join(sorted(set(sys.modules) - libraries)), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert "gateway" in result.stdout
+    added = result.stderr.split()
+    assert "clawsup.client._client" in added  # it did talk to the socket
+    unwanted = [m for m in added if any(m == n or m.startswith(f"{n}.") for n in NOT_FOR_STATUS)]
+    assert unwanted == []

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import zmq
@@ -38,6 +36,9 @@ from clawsup.protocol import Reload as _Reload
 from clawsup.protocol import Shutdown as _Shutdown
 from clawsup.protocol import Signal as _Signal
 from clawsup.protocol import Version as _Version
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DEFAULT_ENDPOINT = "ipc:///run/clawsup/control.sock"
 DEFAULT_TIMEOUT = 5.0
@@ -119,7 +120,8 @@ def events_endpoint_for(control_endpoint: str) -> str:
         raise ClawsupError(
             f"events are published on the ipc socket only; cannot derive it from {control_endpoint}"
         )
-    return f"ipc://{Path(control_endpoint[len('ipc://') :]).parent / 'events.sock'}"
+    control_path = control_endpoint[len("ipc://") :]
+    return f"ipc://{os.path.join(os.path.dirname(control_path), 'events.sock')}"
 
 
 def _ipc_path(endpoint: str) -> str | None:
@@ -129,8 +131,11 @@ def _ipc_path(endpoint: str) -> str | None:
 def _why_unreachable(path: str) -> str | None:
     """Why an ipc socket file cannot be connected to, or None if something accepts.
 
-    Asked only after a call failed, so the happy path never makes this extra connection.
+    Asked only after a call failed, so the happy path never makes this extra connection
+    (nor imports the socket module).
     """
+    import socket
+
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
@@ -203,6 +208,7 @@ class Client:
             self._curve = (_load_public_key(curve_server_key), public, secret)
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
+        self._wait_ms: int | None = None  # the RCVTIMEO set on _sock
 
     # -- transport ---------------------------------------------------------------------
 
@@ -211,13 +217,17 @@ class Client:
             self._ctx = zmq.Context()
         return self._ctx
 
-    def _socket(self) -> zmq.Socket[bytes]:
+    def _socket(self, wait_ms: int) -> zmq.Socket[bytes]:
+        """The REQ socket, its receive timeout set to ``wait_ms``."""
         if self._sock is None:
             sock = self._context().socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
             self._apply_curve(sock)
             sock.connect(self.endpoint)
-            self._sock = sock
+            self._sock, self._wait_ms = sock, None
+        if wait_ms != self._wait_ms:
+            self._sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+            self._wait_ms = wait_ms
         return self._sock
 
     def _apply_curve(self, sock: zmq.Socket[bytes]) -> None:
@@ -249,12 +259,16 @@ class Client:
             raise Unreachable(self.endpoint)
         frame = encode(request)
         attempts = 1 + (self.retries if request.__struct_config__.tag in IDEMPOTENT_COMMANDS else 0)
+        wait_ms = round(timeout * 1000)
         for _ in range(attempts):
-            sock = self._socket()
+            sock = self._socket(wait_ms)
             sock.send(frame)
-            if sock.poll(round(timeout * 1000), zmq.POLLIN):
+            try:
+                # A receive timeout, not poll(): Socket.poll builds a Poller on every
+                # call, which was a tenth of a status round trip.
                 return sock.recv()
-            self._drop_socket()
+            except zmq.Again:
+                self._drop_socket()
         self._check_reachable()
         raise Timeout(self.endpoint, timeout)
 

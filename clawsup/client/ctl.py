@@ -7,7 +7,8 @@ Exit codes: 0 success, 1 failure (unreachable supervisor, refused command, bad r
 else) because Docker's HEALTHCHECK reserves 2.
 
 This module imports only click at load time; the client (and pyzmq with it) is imported
-by the commands that talk to the socket, so ``--help`` and shell completion stay fast.
+by the commands that talk to the socket, so ``--help`` and shell completion stay fast, and
+nothing that ``status`` does not need is imported at all (tests/test_ctl.py checks both).
 
 Shell completion (click's own), e.g. for bash, in ~/.bashrc::
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
@@ -379,22 +379,25 @@ def version(options: _Options) -> None:
 
 
 @cli.command()
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--name", default="clawsup", show_default=True, help="Key pair file name.")
-def keygen(directory: Path, name: str) -> None:
+def keygen(directory: str, name: str) -> None:
     """Write a CURVE key pair, NAME.key (public) and NAME.key_secret, into DIRECTORY.
 
     Server: curve_secret_key_file = the .key_secret. Client: give the server's .key with
     --curve-server-key, and put each client's .key in curve_authorized_keys_dir.
     """
+    from pathlib import Path
+
     import zmq.auth
 
-    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+    folder = Path(directory)
+    public, secret = folder / f"{name}.key", folder / f"{name}.key_secret"
     for path in (public, secret):
         if path.exists():
             raise click.ClickException(f"{path} exists; not overwriting a key")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    zmq.auth.create_certificates(directory, name)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    zmq.auth.create_certificates(folder, name)
     secret.chmod(0o600)
     click.echo(f"public key: {public}\nsecret key: {secret} (mode 0600; keep it private)")
 
