@@ -43,13 +43,14 @@ def test_anything_arriving_in_the_inbox_counts(watch: FileWatch, home: Path):
     assert watch.on_readable()
 
 
-def test_a_removed_inbox_is_noticed_and_watched_again_once_back(watch: FileWatch, home: Path):
+def test_a_removed_inbox_is_waited_for_and_watched_again_once_back(
+    watch: FileWatch, home: Path
+):
     shutil.rmtree(home / "ops-requests")
     assert watch.on_readable()
-    assert not watch.complete
-    assert not watch.refresh()  # not there: the supervisor looks every interval
+    assert watch.complete  # its creation in home/ is an event
     (home / "ops-requests").mkdir()
-    assert watch.refresh()
+    assert watch.on_readable()
     (home / "ops-requests" / "r.json").write_text("{}")
     assert watch.on_readable()
 
@@ -57,9 +58,12 @@ def test_a_removed_inbox_is_noticed_and_watched_again_once_back(watch: FileWatch
 def test_an_inbox_renamed_away_is_no_longer_watched(watch: FileWatch, home: Path):
     os.rename(home / "ops-requests", home / "elsewhere")
     assert watch.on_readable()
-    assert not watch.complete
     (home / "elsewhere" / "r.json").write_text("{}")  # not the inbox any more
     assert not watch.on_readable()
+    os.rename(home / "elsewhere", home / "ops-requests")  # back: looked at, watched
+    assert watch.on_readable()
+    (home / "ops-requests" / "r2.json").write_text("{}")
+    assert watch.on_readable()
 
 
 def test_flag_and_inbox_in_one_directory(home: Path):
@@ -72,14 +76,22 @@ def test_flag_and_inbox_in_one_directory(home: Path):
         files.close()
 
 
-def test_a_missing_directory_is_not_watched_until_it_exists(tmp_path: Path):
-    files = FileWatch(tmp_path / "nowhere" / "restart.flag", None)
+def test_a_directory_created_later_is_waited_for_in_its_nearest_ancestor(tmp_path: Path):
+    files = FileWatch(tmp_path / "a" / "b" / "restart.flag", tmp_path / "a" / "ops")
     try:
-        assert not files.complete
-        (tmp_path / "nowhere").mkdir()
-        assert files.refresh()
-        (tmp_path / "nowhere" / "restart.flag").touch()
+        assert files.complete
+        (tmp_path / "unrelated").mkdir()
+        assert not files.on_readable()
+        (tmp_path / "a").mkdir()
+        assert files.on_readable()  # one step closer: now waited for in a/
+        (tmp_path / "a" / "b").mkdir()
+        (tmp_path / "a" / "ops").mkdir()
         assert files.on_readable()
+        (tmp_path / "a" / "b" / "restart.flag").touch()
+        assert files.on_readable()
+        (tmp_path / "a" / "b" / "other").touch()
+        (tmp_path / "a" / "c").mkdir()
+        assert not files.on_readable()  # the ancestor watch on a/ is gone
     finally:
         files.close()
 

@@ -132,7 +132,7 @@ def test_d_state_is_handed_over_at_every_sample_and_its_end_once(
     # After D: its first sample, then only tree walks that found something new (the
     # vfork child is gone from the tree at most once).
     after = loop.seen[last_d + 1:]
-    assert after[0].state == "S"
+    assert after[0].state in ("R", "S")  # running on, or asleep again already
     assert all(o.tree is not None for o in after[1:])
     # Switch counts are read in D only, and the clock is monotonic.
     assert all(o.switches is not None for o in loop.seen if o.state == "D")

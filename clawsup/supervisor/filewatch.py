@@ -37,7 +37,12 @@ _GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 
 
 class FileWatch:
-    """inotify watches on the directories of the restart flag and of the ops inbox."""
+    """inotify watches on the directories of the restart flag and of the ops inbox.
+
+    A directory that does not exist yet (an ops inbox no skill has created, say) is
+    waited for through a watch on its nearest existing ancestor, so its creation is an
+    event too; only where no watch can be set at all does the supervisor poll.
+    """
 
     def __init__(self, restart_flag: Path | None, ops_requests: Path | None) -> None:
         # directory -> the one name that matters in it, or None for any name.
@@ -46,7 +51,7 @@ class FileWatch:
             self._interest[restart_flag.parent] = restart_flag.name
         if ops_requests is not None:
             self._interest[ops_requests] = None  # also when it is the flag's directory
-        self._by_wd: dict[int, Path] = {}
+        self._by_wd: dict[int, Path] = {}  # the directories and ancestors watched
         self._inotify: Inotify | None = None
         if self._interest:
             try:
@@ -61,50 +66,87 @@ class FileWatch:
 
     @property
     def complete(self) -> bool:
-        """Whether every directory is watched: nothing can arrive unnoticed."""
+        """Whether nothing can arrive unnoticed: every directory, or the ancestor it will
+        be created in, is watched."""
         if not self._interest:
             return True
-        return self._inotify is not None and len(self._by_wd) == len(self._interest)
-
-    def refresh(self) -> bool:
-        """Watch the directories not watched yet; returns ``complete``."""
         if self._inotify is None:
             return False
         watched = set(self._by_wd.values())
+        return all(directory in watched or self._ancestor(directory) in watched
+                   for directory in self._interest)
+
+    def refresh(self) -> bool:
+        """Watch what is not watched yet, drop ancestors no longer needed; ``complete``."""
+        if self._inotify is None:
+            return False
+        wanted: set[Path] = set()
         for directory in self._interest:
-            if directory in watched:
+            if self._watch(directory):
+                wanted.add(directory)
                 continue
-            try:
-                wd = self._inotify.add_watch(str(directory), _MASK)
-            except OSError:
-                continue  # not there (yet), or not a directory: looked at every interval
-            self._by_wd[wd] = directory
+            ancestor = self._ancestor(directory)
+            if ancestor is not None and self._watch(ancestor):
+                wanted.add(ancestor)
+        for wd, path in list(self._by_wd.items()):
+            if path not in wanted:
+                del self._by_wd[wd]
+                self._inotify.remove_watch(wd)
         return self.complete
+
+    def _watch(self, directory: Path) -> bool:
+        assert self._inotify is not None
+        if directory in self._by_wd.values():
+            return True
+        try:
+            wd = self._inotify.add_watch(str(directory), _MASK)
+        except OSError:
+            return False  # not there (yet), not a directory, or not ours to read
+        # The same inode under two names (a symlink) gives the same wd: one entry.
+        self._by_wd[wd] = directory
+        return True
+
+    @staticmethod
+    def _ancestor(directory: Path) -> Path | None:
+        """The nearest ancestor of ``directory`` that is a directory now."""
+        for parent in directory.parents:
+            if parent.is_dir():
+                return parent
+        return None
 
     def on_readable(self) -> bool:
         """Drain the events; True when one may be a flag or a request."""
         if self._inotify is None:
             return False
-        relevant = False
+        relevant = refresh = False
         for event in self._inotify.read_events():
             if event.mask & IN_Q_OVERFLOW:
-                relevant = True  # events were lost: look
+                relevant = refresh = True  # events were lost: look
                 continue
             directory = self._by_wd.get(event.wd)
             if directory is None:
                 continue
             if event.mask & _GONE:
                 # Removed or renamed away (the watch would follow the old inode): the
-                # next look finds out what is there now, and refresh() watches the new
-                # directory once there is one.
+                # next look finds out what is there now, and the refresh watches the new
+                # directory, or the ancestor it will be created in.
                 del self._by_wd[event.wd]
                 if not event.mask & IN_IGNORED:
                     self._inotify.remove_watch(event.wd)
-                relevant = True
+                relevant = refresh = True
                 continue
-            wanted = self._interest[directory]
-            if wanted is None or event.name == wanted:
-                relevant = True
+            if directory in self._interest:
+                wanted = self._interest[directory]
+                if wanted is None or event.name == wanted:
+                    relevant = True
+            child = directory / event.name
+            if any(target == child or child in target.parents for target in self._interest
+                   if target not in self._by_wd.values()):
+                # A step on the way to a directory that was missing: watch it now. What
+                # was put in it before the watch is found by the look this triggers.
+                relevant = refresh = True
+        if refresh:
+            self.refresh()
         return relevant
 
     def close(self) -> None:
