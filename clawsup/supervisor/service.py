@@ -64,6 +64,8 @@ class _Every:
         try:
             self._callback()
         finally:
+            # If the callback brought the next time forward, that timer is replaced too.
+            self._timer.cancel()
             self._timer = self._loop.call_later(self._interval(), self._fire)
 
     def no_later_than(self, when: float) -> None:
