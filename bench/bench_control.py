@@ -10,8 +10,10 @@
    supervisord 4.3, one sleeping program, unix socket) and, when circus can be
    installed into a separate venv, ``circusctl status`` (a real circusd). All in the same
    run, interleaved, so machine load hits every tool alike; ratios are printed. Beside
-   them, floors: a bare interpreter, ``import click``, and the three libraries
-   ``clawsupctl status`` cannot do without (click, pyzmq, msgspec) with no code of ours.
+   them, the click CLI on the same command line (``python -m clawsup.client.ctl``, what
+   the console script's fast path saves) and floors: a bare interpreter, ``import json,
+   socket`` (what the fast path needs), ``import click``, and click + pyzmq + msgspec
+   (what the click path needs) with no code of ours.
    clawsup's modules are byte-compiled first, as pip compiled supervisor's and circus's
    at install: an editable install leaves that to the first run, which never happens
    where PYTHONDONTWRITEBYTECODE is set (as on the development machines).
@@ -43,7 +45,7 @@ from clawsup.client import Client  # noqa: E402
 from tests.fake_control import ServerThread  # noqa: E402
 
 BIN = Path(sys.executable).parent
-FLOORS = ("pass", "import click", "import click, zmq, msgspec")
+FLOORS = ("pass", "import json, socket", "import click", "import click, zmq, msgspec")
 
 
 def floor_name(code: str) -> str:
@@ -141,6 +143,7 @@ def clawsup_server(workdir: Path) -> Iterator[list[str]]:
     try:
         assert proc.stdout is not None
         proc.stdout.readline()  # "ready <pid>"
+        # The console script users run (its fast path: no click, pyzmq or msgspec).
         yield [str(BIN / "clawsupctl"), "--socket", f"ipc://{run_dir}/control.sock", "status"]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -283,6 +286,10 @@ def main() -> None:
             commands = {
                 "clawsupctl": clawsupctl,
                 "supervisorctl": supervisorctl,
+                # The click CLI on the same command line: what the fast path saves.
+                "clawsupctl (click path)": [
+                    sys.executable, "-m", "clawsup.client.ctl", *clawsupctl[1:]
+                ],
                 # Floors: what any Python CLI in this venv pays, click alone, and the
                 # libraries clawsupctl needs for status without a line of clawsup.
                 **{floor_name(code): [sys.executable, "-c", code] for code in FLOORS},
@@ -306,9 +313,9 @@ def main() -> None:
             by_median = statistics.median(ours) / statistics.median(cli[other])
             print(f"   clawsupctl / {other}: {by_min:.2f}x (min), {by_median:.2f}x (median)")
         print("   target: clawsupctl <= 0.5x supervisorctl")
-        for code in FLOORS:
-            floor = min(cli[floor_name(code)]) / min(cli["supervisorctl"])
-            print(f"   floor: {floor_name(code)} alone is {floor:.2f}x supervisorctl (min)")
+        for name in ("clawsupctl (click path)", *map(floor_name, FLOORS)):
+            floor = min(cli[name]) / min(cli["supervisorctl"])
+            print(f"   {name} alone is {floor:.2f}x supervisorctl (min)")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from clawsup.status_text import describe_exit
+
 PROTOCOL_VERSION = 1
 
 
@@ -138,8 +140,7 @@ class LastExit(msgspec.Struct, frozen=True, kw_only=True):
     at: float = 0.0  # wall-clock time of the exit
 
     def describe(self) -> str:
-        what = f"signal {self.signal}" if self.signal else f"exit {self.code}"
-        return f"{what} ({self.reason})" if self.reason else what
+        return describe_exit(self.code, self.signal, self.reason)
 
 
 class BreakerStatus(msgspec.Struct, frozen=True, kw_only=True):

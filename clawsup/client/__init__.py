@@ -17,22 +17,22 @@ subclass ``Timeout`` when something is there but did not answer in time) and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from clawsup import __version__
 
+# typing.TYPE_CHECKING without importing typing: `clawsupctl status` loads this package,
+# and typing would be 4-6 ms of its start-up.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from clawsup.client._client import (
-        DEFAULT_ENDPOINT,
+    from typing import Any
+
+    from clawsup.client._client import Client, events_endpoint_for
+    from clawsup.client._endpoint import DEFAULT_ENDPOINT, default_endpoint, normalize_endpoint
+    from clawsup.client._errors import (
         BadReply,
         ClawsupError,
-        Client,
         CommandFailed,
         Timeout,
         Unreachable,
-        default_endpoint,
-        events_endpoint_for,
-        normalize_endpoint,
     )
 
 __all__ = [
@@ -50,11 +50,22 @@ __all__ = [
 ]
 
 
+# Where each public name lives: the light modules, or _client (pyzmq, msgspec).
+_MODULES = {
+    "Client": "_client",
+    "events_endpoint_for": "_client",
+    "DEFAULT_ENDPOINT": "_endpoint",
+    "default_endpoint": "_endpoint",
+    "normalize_endpoint": "_endpoint",
+}
+
+
 def __getattr__(name: str) -> Any:
     # Loaded on first use, so that importing clawsup.client.ctl (shell completion,
     # --help) does not pay for pyzmq and msgspec.
     if name in __all__:
-        from clawsup.client import _client
+        import importlib
 
-        return getattr(_client, name)
+        module = importlib.import_module(f"clawsup.client.{_MODULES.get(name, '_errors')}")
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

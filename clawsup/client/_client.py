@@ -10,6 +10,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 import zmq
 
+from clawsup.client._endpoint import (
+    DEFAULT_TIMEOUT,
+    default_endpoint,
+    ipc_path,
+    normalize_endpoint,
+    why_unreachable,
+)
+from clawsup.client._errors import BadReply, ClawsupError, CommandFailed, Timeout, Unreachable
 from clawsup.protocol import (
     IDEMPOTENT_COMMANDS,
     DoneReply,
@@ -40,47 +48,8 @@ from clawsup.protocol import Version as _Version
 if TYPE_CHECKING:
     from pathlib import Path
 
-DEFAULT_ENDPOINT = "ipc:///run/clawsup/control.sock"
-DEFAULT_TIMEOUT = 5.0
 
 ReplyT = TypeVar("ReplyT", bound=msgspec.Struct)
-
-
-class ClawsupError(Exception):
-    """Anything that kept a control call from getting a successful answer."""
-
-
-class Unreachable(ClawsupError):
-    """Nothing answers at the endpoint: clawsup is not running, or we may not connect."""
-
-    def __init__(self, endpoint: str, reason: str = "is it running?") -> None:
-        super().__init__(f"cannot reach clawsup at {endpoint} ({reason})")
-        self.endpoint = endpoint
-        self.reason = reason
-
-
-class Timeout(Unreachable):
-    """Something listens at the endpoint but sent no reply within the timeout.
-
-    A command that is not idempotent may still have been carried out.
-    """
-
-    def __init__(self, endpoint: str, timeout: float) -> None:
-        super().__init__(endpoint, f"no answer within {timeout:g}s")
-        self.timeout = timeout
-
-
-class CommandFailed(ClawsupError):
-    """The supervisor refused or failed the command: ``{"ok": false, "error": ...}``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{message} ({code})")
-        self.code = code
-        self.message = message
-
-
-class BadReply(ClawsupError):
-    """The reply was not what the protocol promises (a different server, or a bug)."""
 
 
 class _Outcome(msgspec.Struct):
@@ -103,53 +72,14 @@ def _decoder_for(reply_type: type[ReplyT]) -> msgspec.json.Decoder[ReplyT]:
     return decoder
 
 
-def normalize_endpoint(endpoint: str) -> str:
-    """``/run/clawsup/control.sock`` -> ``ipc:///run/clawsup/control.sock``."""
-    if "://" in endpoint:
-        return endpoint
-    return f"ipc://{os.path.abspath(endpoint)}"
-
-
-def default_endpoint() -> str:
-    return normalize_endpoint(os.environ.get("CLAWSUP_SOCKET") or DEFAULT_ENDPOINT)
-
-
 def events_endpoint_for(control_endpoint: str) -> str:
     """The PUB socket beside an ipc control socket: ``<run_dir>/events.sock``."""
-    if not control_endpoint.startswith("ipc://"):
+    control_path = ipc_path(control_endpoint)
+    if control_path is None:
         raise ClawsupError(
             f"events are published on the ipc socket only; cannot derive it from {control_endpoint}"
         )
-    control_path = control_endpoint[len("ipc://") :]
     return f"ipc://{os.path.join(os.path.dirname(control_path), 'events.sock')}"
-
-
-def _ipc_path(endpoint: str) -> str | None:
-    return endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else None
-
-
-def _why_unreachable(path: str) -> str | None:
-    """Why an ipc socket file cannot be connected to, or None if something accepts.
-
-    Asked only after a call failed, so the happy path never makes this extra connection
-    (nor imports the socket module).
-    """
-    import socket
-
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except FileNotFoundError:
-        return "is it running?"
-    except PermissionError:
-        return f"permission denied on {path}"
-    except ConnectionRefusedError:
-        return "is it running? the socket file is left from a dead supervisor"
-    except OSError as exc:
-        return f"{exc.strerror}"
-    finally:
-        probe.close()
-    return None
 
 
 def _load_public_key(key: str | bytes | Path) -> bytes:
@@ -244,16 +174,16 @@ class Client:
             self._sock = None
 
     def _check_reachable(self) -> None:
-        path = _ipc_path(self.endpoint)
+        path = ipc_path(self.endpoint)
         if path is not None:
-            reason = _why_unreachable(path)
+            reason = why_unreachable(path)
             if reason is not None:
                 raise Unreachable(self.endpoint, reason)
 
     def request_raw(self, request: Request, timeout: float | None = None) -> bytes:
         """Send one request and return the reply frame as the supervisor wrote it."""
         timeout = self.timeout if timeout is None else timeout
-        path = _ipc_path(self.endpoint)
+        path = ipc_path(self.endpoint)
         if path is not None and not os.path.exists(path):
             # Fail at once: an ipc connect to a missing file would only time out.
             raise Unreachable(self.endpoint)

@@ -26,13 +26,15 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
+from clawsup.client._endpoint import DEFAULT_TIMEOUT
+
 if TYPE_CHECKING:
     from clawsup.client import Client
-    from clawsup.protocol import IncidentsReply, ProgramReply, SettingReply, StatusReply
+    from clawsup.protocol import IncidentsReply, ProgramReply, SettingReply
 
 # Queries answer at once; start/stop/restart answer when the program got there, which can
 # take a stop_timeout plus a start. Used when --timeout is not given.
-QUERY_TIMEOUT = 5.0
+QUERY_TIMEOUT = DEFAULT_TIMEOUT
 WAIT_TIMEOUT = 120.0
 HEALTH = "health"
 
@@ -132,52 +134,11 @@ def status(options: _Options, as_json: bool) -> None:
     if as_json:
         click.echo(frame.decode())
         return
-    click.echo(format_status(reply))
+    import msgspec
 
+    from clawsup.status_text import format_status
 
-def format_status(reply: StatusReply) -> str:
-    from clawsup.units import format_duration
-
-    rows = [["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT"]]
-    for program in reply.programs:
-        state = program.state
-        flags = [flag for flag in ("hung", "unkillable") if getattr(program, flag)]
-        if program.liveness == "failing":
-            flags.append("liveness failing")
-        if program.next_start_in is not None:
-            flags.append(f"next start in {format_duration(program.next_start_in)}")
-        if flags:
-            state += f" ({', '.join(flags)})"
-        rows.append(
-            [
-                program.name + (" *" if program.main else ""),
-                state,
-                "-" if program.pid is None else str(program.pid),
-                "-" if program.uptime is None else format_duration(round(program.uptime)),
-                str(program.restarts),
-                "-" if program.last_exit is None else program.last_exit.describe(),
-            ]
-        )
-    lines = _table(rows)
-    extras = []
-    if reply.model:
-        extras.append(f"model: {reply.model}")
-    if reply.timezone:
-        extras.append(f"timezone: {reply.timezone}")
-    if reply.breaker is not None and reply.breaker.state != "closed":
-        extras.append(f"breaker: {reply.breaker.state} (using {reply.breaker.active_model})")
-    if extras:
-        lines.append("")
-        lines.append("   ".join(extras))
-    return "\n".join(lines)
-
-
-def _table(rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    click.echo(format_status(msgspec.to_builtins(reply)))
 
 
 # -- program commands -------------------------------------------------------------------
@@ -263,13 +224,13 @@ def health(options: _Options) -> None:
     Unreachable supervisor, no answer within --timeout, or any error: 1, never 2.
     """
     # One attempt: the answer must come within --timeout, as Docker's own timeout expects.
+    from clawsup.status_text import health_line
+
     with options.client(retries=0) as client:
         reply = client.health()
-    if reply.healthy:
-        click.echo("healthy")
-        return
-    click.echo("unhealthy: " + ("; ".join(reply.reasons) or "no reason given"))
-    raise click.exceptions.Exit(1)
+    click.echo(health_line(reply.healthy, reply.reasons))
+    if not reply.healthy:
+        raise click.exceptions.Exit(1)
 
 
 # -- events and incidents ---------------------------------------------------------------
@@ -325,13 +286,15 @@ def incidents(options: _Options, since: str, limit: int, as_json: bool) -> None:
 
 
 def format_incidents(reply: IncidentsReply, since: str) -> str:
+    from clawsup.status_text import table
+
     if not reply.counts and not reply.latest:
         return f"no incidents in the last {since}"
     kinds = sorted({kind for per_day in reply.counts.values() for kind in per_day})
     rows = [["DAY", *(k.upper() for k in kinds)]]
     for day in sorted(reply.counts):
         rows.append([day, *(str(reply.counts[day].get(k, 0)) for k in kinds)])
-    lines = _table(rows) if kinds else []
+    lines = table(rows) if kinds else []
     if reply.latest:
         lines += ["", "latest:"]
         latest = [
@@ -343,7 +306,7 @@ def format_incidents(reply: IncidentsReply, since: str) -> str:
             ]
             for incident in reply.latest
         ]
-        lines += ["  " + line for line in _table(latest)]
+        lines += ["  " + line for line in table(latest)]
     return "\n".join(lines)
 
 
