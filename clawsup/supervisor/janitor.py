@@ -21,12 +21,12 @@ names inotify reported, and the locks -- any other entry kept its name, inode an
 the watch would have said so. What a directory watch cannot see (a write through a hard
 link in another directory, a write through mmap; the gateway does neither) waits for the
 next cold scan. A cold scan -- of a new directory, of one without a watch, of every one
-after an inotify queue overflow -- lstats every ``*.jsonl``, ``*.lock`` and unstamped
-``*.old`` and nothing else (scandir's d_type says what is a regular file). Without inotify
-every sweep is a cold full pass.
+after an inotify queue overflow -- lists the names and lstats every ``*.jsonl``, lock and
+archive, relative to the directory's descriptor, and nothing else (as ``find -size`` must).
+Without inotify every sweep is a cold full pass.
 
 Safety. Only direct children of the session directories are touched, and only regular
-files: scandir's d_type and ``lstat`` (never ``stat``) decide, locks are opened with
+files: ``lstat`` (never ``stat``) decides, locks are opened with
 O_NOFOLLOW|O_NONBLOCK (a FIFO never blocks a read) and checked with fstat. Rename,
 link and unlink act on the directory entry, never on what a symlink points to. All of it
 goes through a descriptor of the directory, and a directory is accepted only if the
@@ -234,7 +234,7 @@ class JanitorStats:
 
     full_passes: int = 0
     quick_sweeps: int = 0
-    entries_scanned: int = 0  # directory entries listed by scandir
+    entries_scanned: int = 0  # directory entries listed
     stat_calls: int = 0  # lstat/fstatat calls made
     lock_reads: int = 0  # lock files opened and read
     owner_probes: int = 0  # /proc/<pid>/stat reads
@@ -377,6 +377,35 @@ def _glob_root(pattern: str) -> str:
 
 def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
+
+
+# What a cold scan lstats besides transcripts; _entry_kind has the last word.
+_LOCK_OR_ARCHIVE_SUFFIXES = (".lock", ".old")
+
+
+def _lstat_transcripts(
+    dir_fd: int, names: list[str], limit: int
+) -> tuple[dict[str, tuple[int, int]], set[str]]:
+    """``name -> (inode, size)`` for each name that is a regular file, and which of them
+    are over ``limit``, by one lstat relative to ``dir_fd`` each.
+
+    A name gone since the listing is left out; any other error (EACCES when the directory
+    lost its search permission) is raised. Reads no janitor state.
+    """
+    sessions: dict[str, tuple[int, int]] = {}
+    oversized: set[str] = set()
+    lstat, is_regular = os.lstat, stat.S_ISREG  # locals: this loop runs once per transcript
+    for name in names:
+        try:
+            info = lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            continue
+        if is_regular(info.st_mode):  # never a symlink, FIFO or directory named *.jsonl
+            size = info.st_size
+            sessions[name] = (info.st_ino, size)
+            if size > limit:
+                oversized.add(name)
+    return sessions, oversized
 
 
 # ---------------------------------------------------------------------------------------
@@ -690,63 +719,61 @@ class Janitor:
             return None
 
     def _scan_cold(self, directory: _SessionDir, found: _Findings) -> None:
-        """List the directory and lstat every transcript, lock and legacy archive in it.
+        """List the directory and lstat every transcript, lock and archive in it.
 
         For a new directory, one without a watch, and every directory after an overflow.
-        Unchanged locks are not re-read, stamped archives need no stat at all.
+        Unchanged locks are not re-read. The transcripts are nearly every entry, so they
+        take a lean path: a listing (no per-entry objects) and one relative lstat each,
+        keeping only inode and size.
         """
-        old_locks, old_archives = directory.locks, directory.archives
-        locks: dict[str, _LockEntry] = {}
-        sessions: dict[str, tuple[int, int]] = {}
-        oversized: set[str] = set()
-        archives: dict[str, tuple[int, float]] = {}
-        limit = self._config.max_session_size
         stats = self._stats
-        scanned = 0
         try:
-            with os.scandir(directory.fd) as entries:
-                for entry in entries:
-                    scanned += 1
-                    name = entry.name
-                    # Inline for the common case: most entries are transcripts.
-                    kind = "session" if name.endswith(SESSION_SUFFIX) else _entry_kind(name)
-                    # d_type: symlinks, FIFOs and directories are skipped without a stat.
-                    if kind is None or not entry.is_file(follow_symlinks=False):
-                        continue
-                    try:
-                        if kind == "session":
-                            stats.stat_calls += 1
-                            info = entry.stat(follow_symlinks=False)
-                            sessions[name] = (info.st_ino, info.st_size)
-                            if info.st_size > limit:
-                                oversized.add(name)
-                        elif kind == "lock":
-                            stats.stat_calls += 1
-                            info = entry.stat(follow_symlinks=False)
-                            lock = self._lock_entry(directory, name, info, old_locks.get(name))
-                            if lock is not None:
-                                locks[name] = lock
-                        else:
-                            known = old_archives.get(name)
-                            if known is None or known[0] != entry.inode():
-                                archived_at = archived_at_from_name(name)
-                                if archived_at is None:
-                                    stats.stat_calls += 1
-                                    archived_at = entry.stat(follow_symlinks=False).st_ctime
-                                known = (entry.inode(), archived_at)
-                            archives[name] = known
-                    except FileNotFoundError:
-                        continue  # gone between listing and stat
-        except OSError as error:
-            stats.entries_scanned += scanned
+            names = os.listdir(directory.fd)
+            stats.entries_scanned += len(names)
+            transcripts = [name for name in names if name.endswith(SESSION_SUFFIX)]
+            stats.stat_calls += len(transcripts)
+            sessions, oversized = _lstat_transcripts(directory.fd, transcripts, self._config.max_session_size)
+            locks, archives = self._index_locks_and_archives(
+                directory, [name for name in names if name.endswith(_LOCK_OR_ARCHIVE_SUFFIXES)]
+            )
+        except OSError as error:  # EACCES (lost its search permission), EIO...
             self._unreadable(directory, error, found)
             return
-        stats.entries_scanned += scanned
         self._readable(directory)
         directory.locks, directory.sessions, directory.archives = locks, sessions, archives
         directory.oversized = oversized
         directory.dirty = set()
         directory.rescan = directory.wd is None
+
+    def _index_locks_and_archives(
+        self, directory: _SessionDir, names: list[str]
+    ) -> tuple[dict[str, _LockEntry], dict[str, tuple[int, float]]]:
+        """Index entries for the (few) locks and archives of a cold scan. Raises OSError
+        for anything but a name that vanished."""
+        locks: dict[str, _LockEntry] = {}
+        archives: dict[str, tuple[int, float]] = {}
+        for name in names:
+            kind = _entry_kind(name)
+            if kind is None:
+                continue
+            self._stats.stat_calls += 1
+            try:
+                info = os.lstat(name, dir_fd=directory.fd)
+            except FileNotFoundError:
+                continue  # gone between listing and stat
+            if not stat.S_ISREG(info.st_mode):
+                continue  # a symlink, FIFO or directory named like ours: never touched
+            if kind == "lock":
+                lock = self._lock_entry(directory, name, info, directory.locks.get(name))
+                if lock is not None:
+                    locks[name] = lock
+            else:
+                known = directory.archives.get(name)
+                if known is None or known[0] != info.st_ino:
+                    archived_at = archived_at_from_name(name)
+                    known = (info.st_ino, info.st_ctime if archived_at is None else archived_at)
+                archives[name] = known
+        return locks, archives
 
     def _scan_warm(self, directory: _SessionDir, found: _Findings) -> None:
         """The periodic pass over a directory watched all along: list it, and lstat only
