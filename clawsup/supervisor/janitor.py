@@ -545,12 +545,15 @@ class Janitor:
         if full or refresh:
             self._refresh_directories(found)
         for directory in list(self._dirs.values()):
-            if directory.wd is None or directory.rescan:
-                self._scan_cold(directory, found)
-            elif full:
-                self._scan_warm(directory, found)
-            else:
-                self._apply_dirty(directory)
+            try:
+                if directory.wd is None or directory.rescan:
+                    self._scan_cold(directory, found)
+                elif full:
+                    self._scan_warm(directory, found)
+                else:
+                    self._apply_dirty(directory)
+            except OSError as error:
+                self._lost_search_permission(directory, error, found)
         if full:
             self._stats.full_passes += 1
             self._last_full = now
@@ -560,8 +563,11 @@ class Janitor:
             self._stats.quick_sweeps += 1
         self._check_locks(now, owners, report_stuck, found)
         for directory in list(self._dirs.values()):
-            self._archive_oversized(directory, now, found)
-            self._purge_archives(directory, now, found)
+            try:
+                self._archive_oversized(directory, now, found)
+                self._purge_archives(directory, now, found)
+            except OSError as error:
+                self._lost_search_permission(directory, error, found)
         return found.report(full)
 
     def _full_pass_due(self, now: float) -> bool:
@@ -810,6 +816,13 @@ class Janitor:
             found,
         )
 
+    def _lost_search_permission(self, directory: _SessionDir, error: OSError, found: _Findings) -> None:
+        # A directory still listable but no longer searchable (chmod a-x while watched)
+        # fails on the lstat of a name, not on the listing. The names already taken off
+        # ``dirty`` were never examined: trust nothing until a cold scan succeeds.
+        directory.rescan = True
+        self._unreadable(directory, error, found)
+
     def _readable(self, directory: _SessionDir) -> None:
         if self._problems.pop(f"read:{directory.path}", None) is not None:
             log.info("Session directory readable again: %s", directory.path)
@@ -972,14 +985,14 @@ class Janitor:
         # The gateway may have taken a stale lock over in the meantime (unlink + O_EXCL
         # create): only the very file that was judged is removed. What is left is the
         # microseconds between this lstat and the unlink.
-        info = self._lstat(directory, name)
-        if info is None:
-            directory.locks.pop(name, None)
-            return
-        if (info.st_ino, info.st_mtime_ns, info.st_size) != (entry.ino, entry.mtime_ns, entry.size):
-            directory.dirty.add(name)  # changed: judge it again next sweep
-            return
         try:
+            info = self._lstat(directory, name)
+            if info is None:
+                directory.locks.pop(name, None)
+                return
+            if (info.st_ino, info.st_mtime_ns, info.st_size) != (entry.ino, entry.mtime_ns, entry.size):
+                directory.dirty.add(name)  # changed: judge it again next sweep
+                return
             os.unlink(name, dir_fd=directory.fd)
         except FileNotFoundError:
             directory.locks.pop(name, None)
