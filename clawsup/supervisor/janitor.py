@@ -12,9 +12,10 @@ session directories and returns what it did and found in a :class:`SweepReport`:
   ``on_readable()``.
 
 Cost. Each session directory has one inotify watch; the janitor keeps an index of the
-locks, transcripts (with sizes) and archives in it. A sweep re-examines only the names
-inotify reported since the last one (one lstat each), plus the locks (few: one per running
-agent run), which are re-judged from the index: one /proc read per distinct owner pid.
+locks, transcripts (and which are oversized) and archives in it. A sweep re-examines only
+the names inotify reported since the last one (one lstat each), plus the locks (few: one
+per running agent run), which are re-judged from the index: one /proc read per distinct
+owner pid.
 Every ``full_pass_every`` a full pass re-globs the directories (agents come and go) and
 re-lists each one; in a directory watched all along it lstats only names the index lacks,
 names inotify reported, and the locks -- any other entry kept its name, inode and size, or
@@ -347,8 +348,8 @@ class _SessionDir:
     wd: int | None = None
     rescan: bool = True  # the next pass must stat every entry (new, overflowed, unwatched)
     locks: dict[str, _LockEntry] = field(default_factory=dict)
-    sessions: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (ino, size)
-    oversized: set[str] = field(default_factory=set)
+    sessions: set[str] = field(default_factory=set)  # regular transcripts, by name
+    oversized: set[str] = field(default_factory=set)  # those of them over max_session_size
     archives: dict[str, tuple[int, float]] = field(default_factory=dict)  # -> (ino, archived_at)
     dirty: set[str] = field(default_factory=set)  # names inotify reported
 
@@ -383,27 +384,39 @@ def _inside(path: str, root: str) -> bool:
 _LOCK_OR_ARCHIVE_SUFFIXES = (".lock", ".old")
 
 
-def _lstat_transcripts(
-    dir_fd: int, names: list[str], limit: int
-) -> tuple[dict[str, tuple[int, int]], set[str]]:
-    """``name -> (inode, size)`` for each name that is a regular file, and which of them
-    are over ``limit``, by one lstat relative to ``dir_fd`` each.
+def _sort_out(names: list[str]) -> tuple[list[str], list[str]]:
+    """The transcripts among ``names``, and the names that may be locks or archives."""
+    transcripts: list[str] = []
+    others: list[str] = []
+    # One loop, not two comprehensions: a cold pass calls endswith once per entry.
+    add_transcript, add_other = transcripts.append, others.append
+    for name in names:
+        if name.endswith(SESSION_SUFFIX):
+            add_transcript(name)
+        elif name.endswith(_LOCK_OR_ARCHIVE_SUFFIXES):
+            add_other(name)
+    return transcripts, others
+
+
+def _lstat_transcripts(dir_fd: int, names: list[str], limit: int) -> tuple[set[str], set[str]]:
+    """The names that are regular files, and those of them over ``limit``, by one lstat
+    relative to ``dir_fd`` each.
 
     A name gone since the listing is left out; any other error (EACCES when the directory
     lost its search permission) is raised. Reads no janitor state.
     """
-    sessions: dict[str, tuple[int, int]] = {}
+    sessions: set[str] = set()
     oversized: set[str] = set()
-    lstat, is_regular = os.lstat, stat.S_ISREG  # locals: this loop runs once per transcript
+    # Locals: this loop runs once per transcript, and the stat_result is all it builds.
+    lstat, is_regular, add = os.lstat, stat.S_ISREG, sessions.add
     for name in names:
         try:
             info = lstat(name, dir_fd=dir_fd)
         except FileNotFoundError:
             continue
         if is_regular(info.st_mode):  # never a symlink, FIFO or directory named *.jsonl
-            size = info.st_size
-            sessions[name] = (info.st_ino, size)
-            if size > limit:
+            add(name)
+            if info.st_size > limit:
                 oversized.add(name)
     return sessions, oversized
 
@@ -730,18 +743,16 @@ class Janitor:
         For a new directory, one without a watch, and every directory after an overflow.
         Unchanged locks are not re-read. The transcripts are nearly every entry, so they
         take a lean path: a listing (no per-entry objects) and one relative lstat each,
-        keeping only inode and size.
+        keeping only the name and whether it is over the limit.
         """
         stats = self._stats
         try:
             names = os.listdir(directory.fd)
             stats.entries_scanned += len(names)
-            transcripts = [name for name in names if name.endswith(SESSION_SUFFIX)]
+            transcripts, others = _sort_out(names)
             stats.stat_calls += len(transcripts)
             sessions, oversized = _lstat_transcripts(directory.fd, transcripts, self._config.max_session_size)
-            locks, archives = self._index_locks_and_archives(
-                directory, [name for name in names if name.endswith(_LOCK_OR_ARCHIVE_SUFFIXES)]
-            )
+            locks, archives = self._index_locks_and_archives(directory, others)
         except OSError as error:  # EACCES (lost its search permission), EIO...
             self._unreadable(directory, error, found)
             return
@@ -838,7 +849,7 @@ class Janitor:
             if info is None or not stat.S_ISREG(info.st_mode):
                 self._forget(directory, name)
             elif kind == "session":
-                directory.sessions[name] = (info.st_ino, info.st_size)
+                directory.sessions.add(name)
                 if info.st_size > self._config.max_session_size:
                     directory.oversized.add(name)
                 else:
@@ -858,7 +869,7 @@ class Janitor:
 
     def _forget(self, directory: _SessionDir, name: str) -> None:
         directory.locks.pop(name, None)
-        directory.sessions.pop(name, None)
+        directory.sessions.discard(name)
         directory.oversized.discard(name)
         directory.archives.pop(name, None)
 
@@ -1019,7 +1030,7 @@ class Janitor:
                 self._forget(directory, name)
                 continue
             if info.st_size <= limit:  # truncated or rewritten since it was indexed
-                directory.sessions[name] = (info.st_ino, info.st_size)
+                directory.sessions.add(name)
                 directory.oversized.discard(name)
                 continue
             if self._lstat(directory, lock_name) is not None:
