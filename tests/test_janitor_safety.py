@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from clawsup.supervisor.config import JanitorConfig
-from clawsup.supervisor.janitor import Janitor, archive_name
+from clawsup.supervisor.janitor import Janitor, _lstat_transcripts, archive_name
 from tests.test_janitor import Testbed, janitor_messages, removed, write_lock
 
 MiB = 1 << 20
@@ -99,6 +99,44 @@ def test_directories_named_like_locks_sessions_and_archives_are_left_alone(testb
     sweep_a_lot(testbed)
     for name in names:
         assert (testbed.sessions / name / "inside").read_text() == "keep\n"
+
+
+def test_a_symlink_named_like_an_expired_archive_is_never_purged(testbed: Testbed, outside: Path) -> None:
+    target = outside / "keep.jsonl.old"
+    target.write_text("not ours\n")
+    link = testbed.sessions / archive_name("link0003.jsonl", time.time() - 30 * DAY)
+    link.symlink_to(target)
+    sweep_a_lot(testbed)
+    assert link.is_symlink()
+    assert target.read_text() == "not ours\n"
+
+
+def test_what_changed_between_listing_and_lstat_is_judged_by_the_lstat(
+    testbed: Testbed, outside: Path
+) -> None:
+    """A cold pass lists the names first and lstats them after: a transcript deleted, or
+    replaced by a symlink, FIFO or directory, in between is simply not indexed."""
+    big = outside / "big.jsonl"
+    with open(big, "wb") as handle:
+        handle.truncate(20 * MiB)
+    names = [f"race{n:04d}.jsonl" for n in range(7)]
+    for name in names:
+        (testbed.sessions / name).write_text('{"type":"session"}\n')
+    with open(testbed.sessions / names[6], "r+b") as handle:
+        handle.truncate(11 * MiB)
+    fd = os.open(testbed.sessions, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        listed = [name for name in os.listdir(fd) if name.startswith("race")]
+        for name in names[:4]:
+            (testbed.sessions / name).unlink()
+        (testbed.sessions / names[1]).symlink_to(big)
+        os.mkfifo(testbed.sessions / names[2])
+        (testbed.sessions / names[3]).mkdir()
+        sessions, oversized = _lstat_transcripts(fd, listed, 10 * MiB)
+    finally:
+        os.close(fd)
+    assert sessions == set(names[4:])
+    assert oversized == {names[6]}
 
 
 def test_a_session_directory_symlinked_outside_is_skipped_and_logged_once(
