@@ -10,13 +10,14 @@ this live process, mtime ten minutes back so the shell's ``-mmin +5`` finds them
 stamped archives, the rest small transcripts, none over the size limit -- so both sides
 find the same nothing to do, and repeated passes see the same tree. Then it times,
 each the best of ``--repeat`` runs (other load on the machine only ever adds time) with a
-warm page cache:
+warm page cache; the shell passes and the cold pass take turns, one run of each per
+round, so that load from elsewhere falls on both sides of their ratio:
 
 - shell: the watchdog's pass, ``find DIR -name '*.lock' -mmin +5`` then
   ``find DIR -name '*.jsonl' -size +10M``, in one ``sh -c``;
 - shell+kill: the same, reading each old lock's pid (sed) and ``kill -0`` on it;
 - cold full pass: a new Janitor's first sweep (glob, inotify watch, list, one lstat per
-  transcript and lock, lock contents read, owners probed);
+  transcript, lock and archive, lock contents read, owners probed);
 - warm full pass: the periodic full pass of a janitor running all along: list the
   directory, stat only what inotify reported and the locks;
 - steady: one interval's sweep after ``--touch`` transcripts were appended to (the
@@ -88,8 +89,14 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def best_of(repeat: int, action: Callable[[], float]) -> float:
-    return min(action() for _ in range(repeat))
+def best_of_interleaved(repeat: int, actions: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Each action's best time over ``repeat`` rounds, one run of each per round: a burst
+    of load from elsewhere lands on both sides of a comparison, not on one."""
+    best = dict.fromkeys(actions, float("inf"))
+    for _ in range(repeat):
+        for name, action in actions.items():
+            best[name] = min(best[name], action())
+    return best
 
 
 def shell(script: str) -> float:
@@ -113,14 +120,21 @@ def measure(base: Path, entries: int, repeat: int, touch: int) -> dict[str, floa
     result: dict[str, float] = {}
 
     shell(SHELL_PASS.format(d=sessions))  # warm the page cache for everybody
-    result["shell"] = best_of(repeat, lambda: shell(SHELL_PASS.format(d=sessions)))
-    result["shell+kill"] = best_of(repeat, lambda: shell(SHELL_KILL_PASS.format(d=sessions)))
 
     def cold() -> float:
         with Janitor(config, Clock()) as janitor:
             return timed(lambda: janitor.sweep({}))
 
-    result["cold full"] = best_of(repeat, cold)
+    result.update(
+        best_of_interleaved(
+            repeat,
+            {
+                "shell": lambda: shell(SHELL_PASS.format(d=sessions)),
+                "shell+kill": lambda: shell(SHELL_KILL_PASS.format(d=sessions)),
+                "cold full": cold,
+            },
+        )
+    )
 
     clock = Clock()
     with Janitor(config, clock) as janitor:
@@ -152,7 +166,7 @@ def measure(base: Path, entries: int, repeat: int, touch: int) -> dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000,100000", help="entries per run, comma-separated")
-    parser.add_argument("--repeat", type=int, default=5, help="runs per measurement (median)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per measurement (the best counts)")
     parser.add_argument("--touch", type=int, default=10, help="transcripts written per interval")
     parser.add_argument("--dir", type=Path, default=None, help="where to build (local disk); a temp dir")
     parser.add_argument("--keep", action="store_true", help="leave the trees behind")

@@ -8,14 +8,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from clawsup.supervisor.config import JanitorConfig
-from clawsup.supervisor.janitor import Janitor, archive_name
+from clawsup.supervisor.janitor import Janitor, _lstat_transcripts, archive_name
 from tests.test_janitor import Testbed, janitor_messages, removed, write_lock
 
 MiB = 1 << 20
@@ -99,6 +99,44 @@ def test_directories_named_like_locks_sessions_and_archives_are_left_alone(testb
     sweep_a_lot(testbed)
     for name in names:
         assert (testbed.sessions / name / "inside").read_text() == "keep\n"
+
+
+def test_a_symlink_named_like_an_expired_archive_is_never_purged(testbed: Testbed, outside: Path) -> None:
+    target = outside / "keep.jsonl.old"
+    target.write_text("not ours\n")
+    link = testbed.sessions / archive_name("link0003.jsonl", time.time() - 30 * DAY)
+    link.symlink_to(target)
+    sweep_a_lot(testbed)
+    assert link.is_symlink()
+    assert target.read_text() == "not ours\n"
+
+
+def test_what_changed_between_listing_and_lstat_is_judged_by_the_lstat(
+    testbed: Testbed, outside: Path
+) -> None:
+    """A cold pass lists the names first and lstats them after: a transcript deleted, or
+    replaced by a symlink, FIFO or directory, in between is simply not indexed."""
+    big = outside / "big.jsonl"
+    with open(big, "wb") as handle:
+        handle.truncate(20 * MiB)
+    names = [f"race{n:04d}.jsonl" for n in range(7)]
+    for name in names:
+        (testbed.sessions / name).write_text('{"type":"session"}\n')
+    with open(testbed.sessions / names[6], "r+b") as handle:
+        handle.truncate(11 * MiB)
+    fd = os.open(testbed.sessions, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        listed = [name for name in os.listdir(fd) if name.startswith("race")]
+        for name in names[:4]:
+            (testbed.sessions / name).unlink()
+        (testbed.sessions / names[1]).symlink_to(big)
+        os.mkfifo(testbed.sessions / names[2])
+        (testbed.sessions / names[3]).mkdir()
+        sessions, oversized = _lstat_transcripts(fd, listed, 10 * MiB)
+    finally:
+        os.close(fd)
+    assert sessions == set(names[4:])
+    assert oversized == {names[6]}
 
 
 def test_a_session_directory_symlinked_outside_is_skipped_and_logged_once(
@@ -207,9 +245,12 @@ def test_a_missing_literal_session_directory_is_logged_once(
 # -- permissions: a real unprivileged process --------------------------------------------
 
 
-def _sweeps_as_nobody(pattern: str, now: float, sweeps: int) -> list[dict[str, list[Any]]]:
+def _sweeps_as_nobody(
+    pattern: str, now: float, sweeps: int, between: Callable[[int], None] | None = None
+) -> list[dict[str, list[Any]]]:
     """Sweep in a forked child that dropped to nobody (root reads everything), reporting
-    what each sweep removed and logged as errors."""
+    what each sweep removed, archived and logged as errors. ``between(n)`` runs in the
+    child, as nobody, after sweep ``n`` (from 1)."""
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
@@ -228,9 +269,12 @@ def _sweeps_as_nobody(pattern: str, now: float, sweeps: int) -> list[dict[str, l
                     results.append(
                         {
                             "removed": [[lock.path.name, lock.reason.value] for lock in report.removed_locks],
+                            "archived": [archived.path.name for archived in report.archived],
                             "errors": list(report.errors),
                         }
                     )
+                    if between is not None:
+                        between(len(results))
                     clock[0] += 3600
             os.write(writer, json.dumps(results).encode())
             status = 0
@@ -253,14 +297,21 @@ def world_readable_tmp() -> Iterator[Path]:
     shutil.rmtree(path)
 
 
+def _sessions_nobody_reaches(base: Path, agent: str) -> Path:
+    """``base/agents/<agent>/sessions``, every directory above it open to nobody."""
+    sessions = base / "agents" / agent / "sessions"
+    sessions.mkdir(parents=True)
+    for path in (base, base / "agents", base / "agents" / agent):
+        path.chmod(0o755)
+    return sessions
+
+
 def test_unreadable_lock_judged_by_age_and_unreadable_directory_logged_once(
     world_readable_tmp: Path,
 ) -> None:
     base = world_readable_tmp / "home"
-    readable = base / "agents" / "a" / "sessions"
-    readable.mkdir(parents=True)
-    sealed = base / "agents" / "b" / "sessions"
-    sealed.mkdir(parents=True)
+    readable = _sessions_nobody_reaches(base, "a")
+    sealed = _sessions_nobody_reaches(base, "b")
     lock = readable / "priv0001.jsonl.lock"
     lock.write_text(json.dumps({"pid": 1, "createdAt": "2001-01-01T00:00:00Z"}))
     lock.chmod(0o600 if os.geteuid() == 0 else 0o000)  # root's, or nobody's to read
@@ -268,8 +319,6 @@ def test_unreadable_lock_judged_by_age_and_unreadable_directory_logged_once(
     os.utime(lock, (old, old))
     if os.geteuid() == 0:
         os.chown(readable, 65534, 65534)  # nobody may unlink in it, but not read the lock
-    for path in (base, base / "agents", base / "agents" / "a", base / "agents" / "b"):
-        path.chmod(0o755)
     sealed.chmod(0o000)
     try:
         sweeps = _sweeps_as_nobody(str(base / "agents" / "*" / "sessions"), time.time(), 3)
@@ -280,6 +329,30 @@ def test_unreadable_lock_judged_by_age_and_unreadable_directory_logged_once(
     assert not lock.exists()
     denied = f"Cannot open session directory {sealed}: Permission denied"
     assert [sweep["errors"] for sweep in sweeps] == [[denied], [], []]
+
+
+def test_a_watched_directory_that_loses_its_search_permission_is_logged_once_not_a_crash(
+    world_readable_tmp: Path,
+) -> None:
+    base = world_readable_tmp / "home"
+    sessions = _sessions_nobody_reaches(base, "a")
+    if os.geteuid() == 0:
+        os.chown(sessions, 65534, 65534)  # nobody's own, so nobody can chmod it
+    big = sessions / "big00001.jsonl"
+
+    def between(done: int) -> None:
+        if done == 1:  # watched and indexed: now a new, oversized transcript...
+            with open(big, "wb") as handle:
+                handle.truncate(11 * MiB)
+            sessions.chmod(0o444)  # ...in a directory that can be listed, not searched
+        elif done == 3:
+            sessions.chmod(0o755)
+
+    sweeps = _sweeps_as_nobody(str(base / "agents" / "*" / "sessions"), time.time(), 4, between)
+    denied = f"Cannot read session directory {sessions}: Permission denied"
+    assert [sweep["errors"] for sweep in sweeps] == [[], [denied], [], []]
+    # Searchable again: rescanned cold, and the transcript it could not stat is archived.
+    assert [sweep["archived"] for sweep in sweeps] == [[], [], [], ["big00001.jsonl"]]
 
 
 def test_a_directory_renamed_within_the_pattern_is_followed_under_its_new_name(
