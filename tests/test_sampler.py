@@ -176,3 +176,97 @@ def test_watching_nothing_samples_nothing_and_close_ends_the_thread(
     sampler.close()
     assert threading.active_count() == threads - 1
     sampler.close()  # twice is harmless
+
+
+# -- the children of every thread, through kept-open descriptors -------------------------
+
+THREAD_FORKS = """
+import os, sys, threading, time
+def fork_from_a_thread():
+    if os.fork() == 0:
+        time.sleep(60)
+        os._exit(0)
+    time.sleep(60)
+time.sleep(float(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    threading.Thread(target=fork_from_a_thread, daemon=True).start()
+print("forked", flush=True)
+time.sleep(60)
+"""
+
+
+def spawn_forker(delay: float, threads: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", THREAD_FORKS, str(delay), str(threads)],
+                            start_new_session=True, stdout=subprocess.PIPE)
+
+
+def test_children_forked_by_other_threads_are_found(procs: list[subprocess.Popen[bytes]]):
+    child = spawn_forker(0.0, 2)
+    procs.append(child)
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"forked\n"
+    reader = procinfo.StatReader(child.pid)
+    kids = procinfo.ChildrenReader(child.pid)
+    try:
+        found = wait_until(lambda: len(kids.children(reader.threads())) == 2, what="2 kids")
+        assert found
+        assert sorted(kids.children(reader.threads())) == sorted(procinfo.children(child.pid))
+    finally:
+        reader.close()
+        kids.close()
+
+
+def test_a_new_thread_is_listed_when_the_count_changes(procs: list[subprocess.Popen[bytes]]):
+    child = spawn_forker(0.5, 1)
+    procs.append(child)
+    reader = procinfo.StatReader(child.pid)
+    kids = procinfo.ChildrenReader(child.pid)
+    try:
+        wait_until(lambda: reader.state() == "S", what="asleep")
+        assert kids.children(reader.threads()) == []  # one thread, nothing forked yet
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"forked\n"
+        # Two threads now: the new one's children file is opened and read.
+        wait_until(lambda: len(kids.children(reader.threads())) == 1, what="its child")
+    finally:
+        reader.close()
+        kids.close()
+
+
+def test_a_thread_that_replaced_another_is_listed_within_relist_every(
+    procs: list[subprocess.Popen[bytes]]
+):
+    # Same thread count before and after: only the periodic listing finds the new one.
+    code = """
+import os, threading, time
+gone = threading.Event()
+threading.Thread(target=gone.wait, daemon=True).start()
+time.sleep(0.5)
+gone.set()
+time.sleep(0.2)
+def fork():
+    if os.fork() == 0:
+        time.sleep(60)
+        os._exit(0)
+    time.sleep(60)
+threading.Thread(target=fork, daemon=True).start()
+print("replaced", flush=True)
+time.sleep(60)
+"""
+    child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                             stdout=subprocess.PIPE)
+    procs.append(child)
+    reader = procinfo.StatReader(child.pid)
+    kids = procinfo.ChildrenReader(child.pid)
+    try:
+        wait_until(lambda: reader.threads() == 2, what="two threads")
+        assert kids.children(reader.threads()) == []
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"replaced\n"
+        wait_until(lambda: procinfo.children(child.pid), what="the new thread's child")
+        reads = [kids.children(reader.threads())
+                 for _ in range(procinfo.ChildrenReader.RELIST_EVERY)]
+        assert reads[-1] == procinfo.children(child.pid)
+    finally:
+        reader.close()
+        kids.close()

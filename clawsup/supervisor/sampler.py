@@ -46,6 +46,24 @@ class Observation:
     zombies: int | None = None
 
 
+class _Process:
+    """The sampler thread's open descriptors on one process."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.stat = procinfo.StatReader(pid)
+        self._children = procinfo.ChildrenReader(pid)
+
+    def tree(self) -> tuple[int, ...]:
+        """Every process below this one."""
+        first = self._children.children(self.stat.threads())
+        return tuple(procinfo.descendants(self.pid, first=first))
+
+    def close(self) -> None:
+        self.stat.close()
+        self._children.close()
+
+
 class Sampler:
     """Samples one program's current process from a thread; see the module docstring.
 
@@ -97,7 +115,7 @@ class Sampler:
         poller = select.poll()
         poller.register(self._stop_read, select.POLLIN)
         # Everything below is this thread's own: the loop never touches it.
-        reader: procinfo.StatReader | None = None
+        watched: _Process | None = None
         samples = 0
         in_d = False
         last_tree: tuple[int, tuple[int, ...], int] | None = None
@@ -106,23 +124,24 @@ class Sampler:
         while not poller.poll(self._interval_ms):
             pid = self._pid
             if pid is None:
-                if reader is not None:
-                    reader.close()
-                    reader = None
+                if watched is not None:
+                    watched.close()
+                    watched = None
                 continue
             try:
-                if reader is None or reader.pid != pid:
-                    if reader is not None:
-                        reader.close()
-                    reader = procinfo.StatReader(pid)
+                if watched is None or watched.pid != pid:
+                    if watched is not None:
+                        watched.close()
+                    watched = _Process(pid)
                     samples = 0
                     in_d = False
-                state = reader.state()
+                state = watched.stat.state()
                 samples += 1
                 walk = samples % TREE_SCAN_EVERY == 1
                 if state != "D" and not in_d and not walk:
                     continue
-                seen = self._observe(pid, state, walk, last_tree)
+                tree = watched.tree() if walk and state is not None else None
+                seen = self._observe(pid, state, tree, last_tree)
                 # The first sample out of D goes to the loop too: it ends the D record.
                 was_in_d, in_d = in_d, state == "D"
                 if seen.tree is not None:
@@ -139,18 +158,17 @@ class Sampler:
                 if not failing:
                     log.exception("hang sampler of %s failed; it keeps sampling", self.name)
                 failing = True
-        if reader is not None:
-            reader.close()
+        if watched is not None:
+            watched.close()
 
     def _observe(
-        self, pid: int, state: str | None, walk: bool,
+        self, pid: int, state: str | None, tree: tuple[int, ...] | None,
         last_tree: tuple[int, tuple[int, ...], int] | None,
     ) -> Observation:
         switches = procinfo.context_switches(pid) if state == "D" else None
         at = self._monotonic()
-        if not walk or state is None:
+        if tree is None:
             return Observation(pid=pid, state=state, switches=switches, at=at)
-        tree = tuple(procinfo.descendants(pid))
         # Zombies whose parent is alive: only that parent can reap them, so only a restart
         # clears them (an orphaned zombie would be re-parented to us and reaped).
         zombies = sum(1 for p in tree if procinfo.run_state(p) == "Z")
