@@ -7,6 +7,7 @@ second so each test takes a fraction of a second.
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import threading
@@ -160,6 +161,20 @@ def test_a_new_grandchild_and_zombies_are_handed_over(
     finally:
         sampler.close()
     assert len(found[0].tree or ()) == 3
+
+
+def test_the_sampler_thread_blocks_every_signal(loop: LoopThread):
+    sampler = loop.sampler(None)
+    try:
+        [thread] = [t for t in threading.enumerate() if t.name == "clawsup-sampler-test"]
+        tid = thread.native_id
+        status = Path(f"/proc/self/task/{tid}/status").read_text()
+        blocked = int(next(line.split()[1] for line in status.splitlines()
+                           if line.startswith("SigBlk:")), 16)
+        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+            assert blocked & (1 << (number - 1)), number
+    finally:
+        sampler.close()
 
 
 def test_watching_nothing_samples_nothing_and_close_ends_the_thread(

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import select
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,6 +113,10 @@ class Sampler:
     # -- the thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        # Signals are the main thread's business (asyncio's wakeup fd, the reaper); with
+        # them blocked here the kernel never picks this thread to deliver one to, and
+        # poll() is never interrupted.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         poller = select.poll()
         poller.register(self._stop_read, select.POLLIN)
         # Everything below is this thread's own: the loop never touches it.
