@@ -135,7 +135,7 @@ def _pread_all(fd: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _read(path: str, size: int = 4096) -> bytes | None:
+def _read(path: str) -> bytes | None:
     """A small /proc file whole; None when its process is gone (or not ours to read).
 
     Plain open/read/close: a buffered file object costs five more system calls (fstat,
@@ -146,20 +146,18 @@ def _read(path: str, size: int = 4096) -> bytes | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
         return None
     try:
-        chunks = []
-        while chunk := os.read(fd, size):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except ProcessLookupError:
-        return None  # it exited between open and read
+        return _pread_all(fd)
     finally:
         os.close(fd)
 
 
 def run_state(pid: int) -> str | None:
     """The one-letter state of the process' main thread (R, S, D, Z, T...), None if gone."""
-    raw = _read(f"/proc/{pid}/stat", _STATE_WITHIN)
-    return None if raw is None else _state_in(raw)
+    reader = StatReader(pid)
+    try:
+        return reader.state()  # one read of the line's start, not the whole file
+    finally:
+        reader.close()
 
 
 def context_switches(pid: int) -> int | None:
