@@ -52,6 +52,7 @@ class FileWatch:
         if ops_requests is not None:
             self._interest[ops_requests] = None  # also when it is the flag's directory
         self._by_wd: dict[int, Path] = {}  # the directories and ancestors watched
+        self._complete = not self._interest  # as of the last refresh()
         self._inotify: Inotify | None = None
         if self._interest:
             try:
@@ -68,19 +69,14 @@ class FileWatch:
     def complete(self) -> bool:
         """Whether nothing can arrive unnoticed: every directory, or the ancestor it will
         be created in, is watched."""
-        if not self._interest:
-            return True
-        if self._inotify is None:
-            return False
-        watched = set(self._by_wd.values())
-        return all(directory in watched or self._ancestor(directory) in watched
-                   for directory in self._interest)
+        return self._complete
 
     def refresh(self) -> bool:
         """Watch what is not watched yet, drop ancestors no longer needed; ``complete``."""
         if self._inotify is None:
-            return False
+            return self._complete
         wanted: set[Path] = set()
+        complete = True
         for directory in self._interest:
             if self._watch(directory):
                 wanted.add(directory)
@@ -88,11 +84,14 @@ class FileWatch:
             ancestor = self._ancestor(directory)
             if ancestor is not None and self._watch(ancestor):
                 wanted.add(ancestor)
+            else:
+                complete = False
         for wd, path in list(self._by_wd.items()):
             if path not in wanted:
                 del self._by_wd[wd]
                 self._inotify.remove_watch(wd)
-        return self.complete
+        self._complete = complete
+        return complete
 
     def _watch(self, directory: Path) -> bool:
         assert self._inotify is not None
