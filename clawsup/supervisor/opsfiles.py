@@ -86,7 +86,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -299,22 +299,29 @@ def pending_requests(
     which files are still settling. Reads only; moving is ``finish``'s job.
     """
     current = time.time() if now is None else now
-    found, _ = _scan_inbox(expand_path(os.fspath(directory)), current, settle)
-    return found
+    return _scan_inbox(expand_path(os.fspath(directory)), current, settle).found
 
 
-def _scan_inbox(inbox: Path, now: float, settle: float) -> tuple[list[PendingRequest], float | None]:
-    """The requests ready in ``inbox``, and when the first file still settling will be."""
+class _Listing(NamedTuple):
+    found: list[PendingRequest]  # the requests ready, parsed or with their error
+    settles_at: float | None  # when the first file still being written will have settled
+    named_like_requests: int  # entries named like a request, whatever they turned out to be
+
+
+def _scan_inbox(inbox: Path, now: float, settle: float) -> _Listing:
+    """One listing of ``inbox``: what is ready, and what may be later."""
     try:
         with os.scandir(inbox) as listing:
             entries = sorted(listing, key=lambda entry: entry.name)
     except FileNotFoundError:
-        return [], None
+        return _Listing([], None, 0)
     found = []
     settles_at: float | None = None
+    named_like_requests = 0
     for entry in entries:
         if entry.name.startswith(".") or not entry.name.endswith(".json"):
             continue
+        named_like_requests += 1
         try:
             info = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
@@ -329,7 +336,7 @@ def _scan_inbox(inbox: Path, now: float, settle: float) -> tuple[list[PendingReq
         pending = _read_request(inbox / entry.name, identity)
         if pending is not None:
             found.append(pending)
-    return found, settles_at
+    return _Listing(found, settles_at, named_like_requests)
 
 
 def _open_outcome_directory(inbox: int, name: str, owner: tuple[int, int] | None) -> int:
@@ -449,11 +456,14 @@ class OpsInbox:
         Files that are not valid requests are moved to ``failed/`` here and logged.
         """
         current = time.time() if now is None else now
-        if self._still_empty(current):
+        # Taken before the listing: a request arriving after it changes the mtime.
+        inbox = self._identity()
+        if inbox is not None and inbox[0] == self._empty_as_of:
             self.settles_at = None
             return []
+        self._empty_as_of = None
         try:
-            found, self.settles_at = _scan_inbox(self.directory, current, self.settle)
+            listing = _scan_inbox(self.directory, current, self.settle)
         except OSError as error:
             self.settles_at = None
             message = f"cannot list ops requests in {self.directory}: {error.strerror}"
@@ -462,13 +472,17 @@ class OpsInbox:
             self._last_listing_error = message
             return []
         self._last_listing_error = None
+        self.settles_at = listing.settles_at
+        if (inbox is not None and not listing.named_like_requests and not self._in_flight
+                and not self._stuck and current - inbox[1] >= _QUIET_MARGIN):
+            self._empty_as_of = inbox[0]
         self._stuck = {
             name: identity
             for name, identity in self._stuck.items()
             if os.path.lexists(self.directory / name)
         }
         ready = []
-        for pending in found:
+        for pending in listing.found:
             if pending.name in self._in_flight or self._stuck.get(pending.name) == pending.identity:
                 continue
             if pending.request is None:
@@ -479,35 +493,22 @@ class OpsInbox:
             ready.append(pending)
         return ready
 
-    def _still_empty(self, now: float) -> bool:
-        """True when the inbox is known empty and unchanged: one stat instead of a listing.
+    def _identity(self) -> tuple[tuple[int, int, int], float] | None:
+        """(dev, inode, mtime) of the inbox and its mtime in seconds; None if unreadable.
 
-        This runs every sweep for the supervisor's whole life, nearly always on an empty
-        inbox. A file created or renamed into it changes the directory's mtime, but the
-        kernel stamps that from a coarse clock (a few ms), so a file created just after a
-        listing may leave it unchanged. The shortcut is trusted only when the mtime was
-        already ``_QUIET_MARGIN`` older than the listing, as git trusts a racy index entry:
-        any later change then stamps a different mtime.
+        ``take`` runs every sweep for the supervisor's whole life, nearly always on an
+        empty inbox, and an inbox found empty is not listed again while this stays the
+        same: one stat instead of a listing. A file created or renamed into it changes
+        the directory's mtime, but the kernel stamps that from a coarse clock (a few ms),
+        so a file created just after a listing may leave it unchanged. The shortcut is
+        trusted only when the mtime was already ``_QUIET_MARGIN`` older than the listing,
+        as git trusts a racy index entry: any later change then stamps a different mtime.
         """
         try:
             info = os.stat(self.directory)
         except OSError:
-            self._empty_as_of = None
-            return False  # the listing says what is wrong, once
-        identity = (info.st_dev, info.st_ino, info.st_mtime_ns)
-        if identity == self._empty_as_of:
-            return True
-        self._empty_as_of = None
-        if self._in_flight or self._stuck or now - info.st_mtime < _QUIET_MARGIN:
-            return False
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return False
-        if any(name.endswith(".json") and not name.startswith(".") for name in names):
-            return False
-        self._empty_as_of = identity
-        return True
+            return None  # the listing says what is wrong, once
+        return (info.st_dev, info.st_ino, info.st_mtime_ns), info.st_mtime
 
     def finish(self, pending: PendingRequest, ok: bool, result: Mapping[str, Any]) -> Path | None:
         """As the module's ``finish``; a move that fails is logged and remembered, not raised."""
