@@ -514,6 +514,41 @@ initial_delay = "0s"
     assert "no HTTP response from" in clawsup.log()
 
 
+TCP_SERVER = """
+    import os, socket, time
+    listener = socket.create_server(('127.0.0.1', {port}))
+    print('listening', os.getpid(), flush=True)
+    while not os.path.exists({closed!r}):
+        time.sleep(0.05)
+    listener.close()  # the port is closed, the process lives on
+    print('closed', flush=True)
+    while True: time.sleep(1)
+"""
+
+
+def test_tcp_liveness_probe_restarts_a_program_whose_port_closed(
+    run_clawsup, tmp_path: Path
+) -> None:
+    port = _free_port()
+    closed = tmp_path / "closed"
+    extra = f"""
+[programs.gw.liveness]
+tcp = "127.0.0.1:{port}"
+period = "200ms"
+timeout = "300ms"
+failures = 2
+initial_delay = "0s"
+"""
+    clawsup = run_clawsup(program(TCP_SERVER.format(port=port, closed=str(closed))) + extra)
+    clawsup.wait_log("gw | listening")
+    closed.touch()
+    clawsup.wait_log("gw | closed")
+    clawsup.wait_log("liveness probes", timeout=20)
+    assert f"cannot connect to 127.0.0.1:{port}" in clawsup.log()
+    closed.unlink()
+    clawsup.wait_log("gw | listening", count=2, timeout=20)
+
+
 def test_exec_liveness_probe_goes_through_the_one_reaper(run_clawsup, tmp_path: Path) -> None:
     healthy = tmp_path / "healthy"
     healthy.touch()
