@@ -242,14 +242,40 @@ Reply = (
 )
 
 
+def _plain(value: Any) -> Any:
+    """What ``msgspec.to_builtins`` cannot convert, as a plain JSON value.
+
+    Number subclasses (``Duration``, ``Size`` from the config) become the number; anything
+    else its text: an event must reach every sink, whatever a producer put in it.
+    """
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str(value)
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True):
-    """One PUB-socket event (and incident-log line)."""
+    """One PUB-socket event (and incident-log line).
+
+    ``data`` is made plain JSON types when the event is built. Not an ``enc_hook`` at each
+    encoder: there are several sinks (PUB socket, incident log, alerts...), each with its
+    own encoder, and one that forgot the hook would lose events again, unseen, as the
+    ``crash_loop`` event carrying a ``Duration`` was lost. Built here, an event can be
+    encoded by any of them, and every consumer sees the same plain values.
+    """
 
     ts: float
     kind: str
     program: str | None = None
     message: str = ""
     data: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        if self.data:
+            msgspec.structs.force_setattr(
+                self, "data", msgspec.to_builtins(self.data, enc_hook=_plain, str_keys=True)
+            )
 
 
 _encoder = msgspec.json.Encoder()

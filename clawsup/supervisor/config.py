@@ -14,26 +14,13 @@ from typing import Any, Literal
 
 import msgspec
 
+from clawsup.supervisor.kinds import EVENT_KINDS
 from clawsup.units import Duration, Size, parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = "/etc/clawsup/clawsup.toml"
 
-ALERT_EVENT_KINDS = frozenset(
-    {
-        "hung",
-        "fatal",
-        "crash_loop",
-        "message_timeout",
-        "breaker_open",
-        "breaker_closed",
-        "zombie_leak",
-        "liveness_failed",
-        "unkillable",
-        "exited",
-        "orphan_lock",
-        "session_archived",
-    }
-)
+# Every kind may be alerted on (kinds.py).
+ALERT_EVENT_KINDS = frozenset(EVENT_KINDS)
 
 
 class ConfigError(Exception):

@@ -1,13 +1,11 @@
 """The incident log: one JSON line per recovery, in ``state_dir/incidents.jsonl``.
 
 What counts as an incident is something that went wrong and that clawsup acted on, not
-routine work. Counted: ``hung``, ``fatal``, ``crash_loop``, ``zombie_leak``,
-``liveness_failed``, ``message_timeout``, ``orphan_lock``, ``session_archived``,
-``breaker_open``, ``unkillable``, and ``exited`` when the loop marks it with
-``data["restart"]`` true (an exit that will be followed by a respawn: a crash, not a stop
-asked for). Not counted: started/restarted/backoff/state (the consequences, already told
-by the incident that caused them), manual restarts, reaping, archive purges, model and
-timezone changes, and the breaker's half-open and closed steps.
+routine work: the kinds marked ``incident`` in kinds.py (``hung``, ``crash_loop``...),
+and ``exited`` when the program crashed (not a stop asked for). Not counted:
+restarted/backoff/state (the consequences, already told by the incident that caused
+them), manual restarts, reaping, archive purges, model and timezone changes, and the
+breaker's half-open and closed steps.
 
 The file is rotated at ``max_bytes``: ``incidents.jsonl`` -> ``.1`` -> ... -> ``.keep``.
 Writes are single small appends done on the loop: cheaper than handing them to a thread.
@@ -27,23 +25,10 @@ from pathlib import Path
 import msgspec
 
 from clawsup.protocol import Event, Incident, IncidentsReply
+from clawsup.supervisor.kinds import INCIDENT_KINDS
 
 log = logging.getLogger(__name__)
 
-INCIDENT_KINDS = frozenset(
-    {
-        "hung",
-        "fatal",
-        "crash_loop",
-        "zombie_leak",
-        "liveness_failed",
-        "message_timeout",
-        "orphan_lock",
-        "session_archived",
-        "breaker_open",
-        "unkillable",
-    }
-)
 DEFAULT_MAX_BYTES = 1 << 20
 DEFAULT_KEEP = 5
 
