@@ -164,14 +164,91 @@ def test_set_model_keeps_other_keys_persists_and_is_reapplied(demo, tmp_path: Pa
     with pytest.raises(CommandFailed):
         d.client.set_timezone("Mars/Base")
     assert config_file.read_bytes() == before
-    # The choice survives clawsup itself: stop it, put the file back, start again.
+    # The choice survives clawsup itself and a reset config: stop clawsup, put the
+    # original file back (a new container), start again.
     d.client.shutdown()
     assert d.clawsup.wait() == 0
-    config_file.write_text(config_file.read_text().replace("openai/gpt-5.2\"", "x/y\"", 1))
+    config_file.write_text(config_file.read_text().replace(
+        "openai/gpt-5.2\"", "anthropic/claude-opus-4-5\"", 1))
     d2 = demo()
     assert json5.loads(config_file.read_text())["agents"]["defaults"]["model"]["primary"] == \
         "openai/gpt-5.2"
     assert d2.client.status().model == "openai/gpt-5.2"
+
+
+def _primary(config_file: Path) -> str:
+    return str(json5.loads(config_file.read_text())["agents"]["defaults"]["model"]["primary"])
+
+
+def _remembered(tmp_path: Path) -> dict[str, object]:
+    return dict(json.loads((tmp_path / "state" / "overrides.json").read_text()))
+
+
+def test_set_model_is_reapplied_over_an_unchanged_file(demo, tmp_path: Path) -> None:
+    d = demo()
+    d.client.set_model("openai/gpt-5.2")
+    d.client.shutdown()
+    assert d.clawsup.wait() == 0
+    d2 = demo()
+    assert d2.client.status().model == "openai/gpt-5.2"
+    assert _remembered(tmp_path)["model"] == {
+        "value": "openai/gpt-5.2", "replaced": "anthropic/claude-opus-4-5", "written": None}
+    assert "override_dropped" not in d2.clawsup.log()
+
+
+def test_a_hand_edit_after_set_model_survives_a_clawsup_restart(demo, tmp_path: Path) -> None:
+    d = demo()
+    config_file = d.home / "clawdbot.json"
+    d.client.set_model("openai/gpt-5.2")
+    d.client.shutdown()
+    assert d.clawsup.wait() == 0
+    # The operator edits the file by hand (comments and all) while clawsup is down.
+    config_file.write_text(config_file.read_text().replace("openai/gpt-5.2\"", "x-ai/grok-4\"", 1))
+    d2 = demo()
+    assert _primary(config_file) == "x-ai/grok-4"
+    assert d2.client.status().model == "x-ai/grok-4"
+    assert _remembered(tmp_path)["model"] is None, "the stale override is forgotten"
+    assert "not re-applying agents.defaults.model.primary = 'openai/gpt-5.2'" in d2.clawsup.log()
+    # And it stays forgotten: another restart does not bring it back either.
+    d2.client.shutdown()
+    assert d2.clawsup.wait() == 0
+    demo()
+    assert _primary(config_file) == "x-ai/grok-4"
+
+
+def test_clawdbot_config_set_after_set_timezone_survives_a_clawsup_restart(
+    demo, tmp_path: Path
+) -> None:
+    d = demo()
+    config_file = d.home / "clawdbot.json"
+    d.client.set_timezone("Asia/Tokyo")
+    d.client.shutdown()
+    assert d.clawsup.wait() == 0
+    # `clawdbot config set agents.defaults.userTimezone Europe/Berlin` rewrites the file
+    # as plain JSON: no comments, quoted keys.
+    doc = json5.loads(config_file.read_text())
+    doc["agents"]["defaults"]["userTimezone"] = "Europe/Berlin"
+    config_file.write_text(json.dumps(doc, indent=2) + "\n")
+    d2 = demo()
+    assert json5.loads(config_file.read_text())["agents"]["defaults"]["userTimezone"] == \
+        "Europe/Berlin"
+    assert d2.client.status().timezone == "Europe/Berlin"
+    assert _remembered(tmp_path)["timezone"] is None
+    # The gateway does not get the forgotten zone as TZ either.
+    _, pid = d2.gateway()
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert b"TZ=Asia/Tokyo" not in environ
+
+
+def test_set_timezone_is_reapplied_over_an_unchanged_file(demo, tmp_path: Path) -> None:
+    d = demo()
+    d.client.set_timezone("Asia/Tokyo")
+    d.client.shutdown()
+    assert d.clawsup.wait() == 0
+    d2 = demo()
+    assert d2.client.status().timezone == "Asia/Tokyo"
+    _, pid = d2.gateway()
+    assert b"TZ=Asia/Tokyo" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
 
 
 def test_set_timezone_sets_tz_for_future_starts(demo) -> None:

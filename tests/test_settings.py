@@ -19,6 +19,7 @@ from clawsup.supervisor.config import GatewayConfigFile
 from clawsup.supervisor.settings import (
     BACKUP_SUFFIX,
     Change,
+    Override,
     Overrides,
     SettingError,
     _snapshot,
@@ -27,6 +28,7 @@ from clawsup.supervisor.settings import (
     get_key,
     load_overrides,
     read_gateway_config,
+    remembered,
     save_overrides,
     set_model,
     set_timezone,
@@ -423,8 +425,8 @@ def test_read_gateway_config_reads_json5(config_path: Path):
 def test_overrides_round_trip(tmp_path: Path):
     state_dir = tmp_path / "state" / "clawsup"
     overrides = Overrides(
-        model="openai/gpt-5.2",
-        timezone="Asia/Tokyo",
+        model=Override(value="openai/gpt-5.2", replaced="anthropic/claude-opus-4-5"),
+        timezone=Override(value="Asia/Tokyo", replaced=None),
         updated_at=datetime(2025, 1, 31, 12, 0, tzinfo=UTC),
     )
     path = save_overrides(state_dir, overrides)
@@ -464,51 +466,122 @@ def test_overrides_that_are_a_directory_are_ignored(tmp_path: Path):
     assert load_overrides(tmp_path) == Overrides()
 
 
+OPUS = "anthropic/claude-opus-4-5"
+GPT = "openai/gpt-5.2"
+
+
 def test_apply_overrides_writes_what_differs_once(
     config_path: Path, config_file: GatewayConfigFile
 ):
-    overrides = Overrides(model="openai/gpt-5.2", timezone="America/Sao_Paulo")
+    overrides = Overrides(model=Override(value=GPT, replaced=OPUS),
+                          timezone=Override(value="America/Sao_Paulo", replaced="UTC"))
 
-    changes = apply_overrides(config_file, overrides)
+    result = apply_overrides(config_file, overrides)
 
-    assert changes == [
-        Change(
-            path=str(config_path),
-            key=MODEL_KEY,
-            old="anthropic/claude-opus-4-5",
-            new="openai/gpt-5.2",
-        )
-    ]
-    assert get_key(read_gateway_config(config_path), MODEL_KEY) == "openai/gpt-5.2"
-    assert apply_overrides(config_file, overrides) == []
+    assert result.changes == [Change(path=str(config_path), key=MODEL_KEY, old=OPUS, new=GPT)]
+    assert (result.dropped, result.kept) == ([], overrides)
+    assert get_key(read_gateway_config(config_path), MODEL_KEY) == GPT
+    assert apply_overrides(config_file, overrides).changes == []
 
 
 def test_apply_overrides_to_a_reset_config(config_path: Path, config_file: GatewayConfigFile):
     config_path.unlink()  # a new container with the gateway's config gone
-    overrides = Overrides(model="openai/gpt-5.2", timezone="Asia/Tokyo")
+    overrides = Overrides(model=Override(value=GPT, replaced=OPUS),
+                          timezone=Override(value="Asia/Tokyo", replaced="America/Sao_Paulo"))
 
-    changes = apply_overrides(config_file, overrides)
+    result = apply_overrides(config_file, overrides)
 
-    assert [(c.key, c.old, c.new) for c in changes] == [
-        (MODEL_KEY, None, "openai/gpt-5.2"),
+    assert [(c.key, c.old, c.new) for c in result.changes] == [
+        (MODEL_KEY, None, GPT),
         (ZONE_KEY, None, "Asia/Tokyo"),
     ]
     doc = read_gateway_config(config_path)
-    assert (get_key(doc, MODEL_KEY), get_key(doc, ZONE_KEY)) == ("openai/gpt-5.2", "Asia/Tokyo")
+    assert (get_key(doc, MODEL_KEY), get_key(doc, ZONE_KEY)) == (GPT, "Asia/Tokyo")
+
+
+def test_a_hand_edit_since_the_override_wins_and_the_override_is_dropped(
+    config_path: Path, config_file: GatewayConfigFile
+):
+    config_path.write_text(config_path.read_text().replace(OPUS, "x-ai/grok-4"))
+    overrides = Overrides(model=Override(value=GPT, replaced=OPUS),
+                          timezone=Override(value="Asia/Tokyo", replaced="America/Sao_Paulo"))
+
+    result = apply_overrides(config_file, overrides)
+
+    assert [(d.key, d.value, d.found, d.replaced) for d in result.dropped] == [
+        (MODEL_KEY, GPT, "x-ai/grok-4", OPUS)]
+    assert result.kept == Overrides(model=None, timezone=overrides.timezone)
+    assert [(c.key, c.new) for c in result.changes] == [(ZONE_KEY, "Asia/Tokyo")]
+    doc = read_gateway_config(config_path)
+    assert (get_key(doc, MODEL_KEY), get_key(doc, ZONE_KEY)) == ("x-ai/grok-4", "Asia/Tokyo")
+
+
+def test_a_removed_key_is_an_edit_too(config_path: Path, config_file: GatewayConfigFile):
+    config_path.write_text(config_path.read_text().replace(
+        'userTimezone: "America/Sao_Paulo", // IANA zone', ""))
+    overrides = Overrides(timezone=Override(value="Asia/Tokyo", replaced="America/Sao_Paulo"))
+
+    result = apply_overrides(config_file, overrides)
+
+    assert [(d.key, d.found) for d in result.dropped] == [(ZONE_KEY, None)]
+    assert get_key(read_gateway_config(config_path), ZONE_KEY) is None
+
+
+def test_a_value_the_breaker_wrote_is_clawsups_own(
+    config_path: Path, config_file: GatewayConfigFile
+):
+    config_path.write_text(config_path.read_text().replace(OPUS, "openai/gpt-4o"))
+    overrides = Overrides(model=Override(value=GPT, replaced=OPUS, written="openai/gpt-4o"))
+
+    result = apply_overrides(config_file, overrides)
+
+    assert result.dropped == []
+    assert get_key(read_gateway_config(config_path), MODEL_KEY) == GPT
+
+
+def test_an_old_format_override_is_kept_only_where_the_file_holds_it(
+    config_path: Path, config_file: GatewayConfigFile, tmp_path: Path
+):
+    # Saved before "replaced" was kept: a bare string. Whether the file's value is the one
+    # it replaced or an edit since cannot be told, so it is never written over anything.
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "overrides.json").write_text(
+        json.dumps({"model": GPT, "timezone": "America/Sao_Paulo", "updated_at": None}))
+    overrides = load_overrides(state)
+    assert overrides.model == GPT
+    before = config_path.read_bytes()
+
+    result = apply_overrides(config_file, overrides)
+
+    assert [(d.key, d.found) for d in result.dropped] == [(MODEL_KEY, OPUS)]
+    assert result.kept == Overrides(timezone="America/Sao_Paulo")
+    assert (result.changes, config_path.read_bytes()) == ([], before)
+
+
+def test_remembered_keeps_the_value_before_clawsups_first_change():
+    first = remembered(None, Change(path="p", key=MODEL_KEY, old=OPUS, new=GPT))
+    assert first == Override(value=GPT, replaced=OPUS)
+    second = remembered(first, Change(path="p", key=MODEL_KEY, old=GPT, new="x-ai/grok-4"))
+    assert second == Override(value="x-ai/grok-4", replaced=OPUS)
+    # Over someone else's value, that value is what the new one replaced.
+    third = remembered(second, Change(path="p", key=MODEL_KEY, old="a/b", new=GPT))
+    assert third == Override(value=GPT, replaced="a/b")
 
 
 def test_apply_overrides_skips_one_no_longer_allowed(
     config_path: Path, caplog: pytest.LogCaptureFixture
 ):
-    config_file = GatewayConfigFile(path=str(config_path), allowed_models=["openai/gpt-5.2"])
-    overrides = Overrides(model="anthropic/claude-sonnet-4-5", timezone="Asia/Tokyo")
+    config_file = GatewayConfigFile(path=str(config_path), allowed_models=[GPT])
+    overrides = Overrides(model=Override(value="anthropic/claude-sonnet-4-5", replaced=OPUS),
+                          timezone=Override(value="Asia/Tokyo", replaced="America/Sao_Paulo"))
 
     with caplog.at_level(logging.WARNING, logger="clawsup.supervisor.settings"):
-        changes = apply_overrides(config_file, overrides)
+        result = apply_overrides(config_file, overrides)
 
-    assert [c.key for c in changes] == [ZONE_KEY]
+    assert [c.key for c in result.changes] == [ZONE_KEY]
     assert "not re-applying the remembered model" in caplog.text
-    assert get_key(read_gateway_config(config_path), MODEL_KEY) == "anthropic/claude-opus-4-5"
+    assert get_key(read_gateway_config(config_path), MODEL_KEY) == OPUS
 
 
 def test_apply_overrides_on_a_malformed_config_raises_and_writes_nothing(
@@ -516,5 +589,5 @@ def test_apply_overrides_on_a_malformed_config_raises_and_writes_nothing(
 ):
     config_path.write_bytes(b"{ broken")
     with pytest.raises(SettingError, match="not valid JSON5"):
-        apply_overrides(config_file, Overrides(model="openai/gpt-5.2"))
+        apply_overrides(config_file, Overrides(model=Override(value=GPT, replaced=OPUS)))
     assert config_path.read_bytes() == b"{ broken"

@@ -14,6 +14,8 @@ import signal
 import time
 from typing import Any
 
+import msgspec
+
 from clawsup import __version__
 from clawsup.protocol import (
     BAD_VALUE,
@@ -99,12 +101,29 @@ class Controller:
         state_dir = self.config.supervisor.state_dir
         overrides = settings.load_overrides(state_dir)
         try:
-            for change in settings.apply_overrides(self.config.gateway_config, overrides):
-                log.info("re-applied %s = %r (was %r)", change.key, change.new, change.old)
+            result = settings.apply_overrides(self.config.gateway_config, overrides)
         except settings.SettingError as error:
             log.error("cannot re-apply remembered settings: %s", error)
-        if overrides.timezone is not None:
-            self._gateway_program().extra_environment["TZ"] = overrides.timezone
+        else:
+            for change in result.changes:
+                log.info("re-applied %s = %r (was %r)", change.key, change.new, change.old)
+            for dropped in result.dropped:
+                self.supervisor.emit(
+                    "override_dropped", self._gateway_program().name,
+                    f"not re-applying {dropped.key} = {dropped.value!r}: the file holds "
+                    f"{dropped.found!r} ({dropped.reason}); that value stays and clawsup "
+                    "forgets its own",
+                    msgspec.to_builtins(dropped),
+                )
+            if result.dropped:
+                overrides = result.kept
+                try:
+                    settings.save_overrides(state_dir, overrides)
+                except settings.SettingError as error:
+                    log.error("cannot forget the dropped settings: %s", error)
+        zone = settings.override_value(overrides.timezone)
+        if zone is not None:
+            self._gateway_program().extra_environment["TZ"] = zone
         if self.breaker is not None:
             model, _ = self.current_settings()
             self.breaker.set_primary(model, time.monotonic())
@@ -306,9 +325,11 @@ class Controller:
             return error_reply(BAD_VALUE, str(error))
         if not by_breaker:
             # The operator's choice is the new primary; the breaker's switches are not.
-            self._remember(model=model)
+            self._remember(model=change)
             if self.breaker is not None:
                 self.breaker.set_primary(model, time.monotonic())
+        elif change.changed:
+            self._remember_written(model)
         applied = self._apply(change.changed)
         self.supervisor.emit(
             "model_changed", self._gateway_program().name,
@@ -322,7 +343,7 @@ class Controller:
             change = settings.set_timezone(self.config.gateway_config, zone)
         except settings.SettingError as error:
             return error_reply(BAD_VALUE, str(error))
-        self._remember(timezone=zone)
+        self._remember(timezone=change)
         # The gateway reads userTimezone live; TZ is for what it formats through libc,
         # and for every future start.
         self._gateway_program().extra_environment["TZ"] = zone
@@ -334,14 +355,31 @@ class Controller:
         )
         return SettingReply(key=change.key, old=change.old, new=change.new, applied=applied)
 
-    def _remember(self, **values: Any) -> None:
+    def _remember(self, *, model: settings.Change | None = None,
+                  timezone: settings.Change | None = None) -> None:
+        """Persist what an operator set, with the value it replaced (settings.py)."""
         state_dir = self.config.supervisor.state_dir
         current = settings.load_overrides(state_dir)
         updated = settings.Overrides(
-            model=values.get("model", current.model),
-            timezone=values.get("timezone", current.timezone),
+            model=current.model if model is None else settings.remembered(current.model, model),
+            timezone=(current.timezone if timezone is None
+                      else settings.remembered(current.timezone, timezone)),
             updated_at=None,
         )
+        self._save_overrides(updated)
+
+    def _remember_written(self, model: str) -> None:
+        """The breaker switched models: the file holding its fallback at the next start
+        is clawsup's own doing, over which the operator's model is re-applied."""
+        state_dir = self.config.supervisor.state_dir
+        current = settings.load_overrides(state_dir)
+        if not isinstance(current.model, settings.Override):
+            return
+        self._save_overrides(msgspec.structs.replace(
+            current, model=msgspec.structs.replace(current.model, written=model)))
+
+    def _save_overrides(self, updated: settings.Overrides) -> None:
+        state_dir = self.config.supervisor.state_dir
         try:
             settings.save_overrides(state_dir, updated)
         except settings.SettingError as error:
@@ -428,8 +466,6 @@ class Controller:
 
 
 def _as_dict(reply: Reply) -> dict[str, Any]:
-    import msgspec
-
     result: dict[str, Any] = msgspec.to_builtins(reply)
     result.pop("ok", None)
     return result

@@ -96,11 +96,25 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
         return self.old != self.new
 
 
-class Overrides(msgspec.Struct, frozen=True, kw_only=True):
-    """What clawsup set and re-applies at startup; None means "leave the file's value"."""
+class Override(msgspec.Struct, frozen=True, kw_only=True):
+    """One value clawsup set, and what the file held before: the start-up re-apply is
+    allowed only over that (or over clawsup's own values), never over someone else's."""
 
-    model: str | None = None
-    timezone: str | None = None
+    value: str
+    replaced: str | None  # None: the key was absent
+    # The last value clawsup wrote for another reason (the model breaker's fallback): the
+    # file holding it is clawsup's own doing too, not an edit to respect.
+    written: str | None = None
+
+
+class Overrides(msgspec.Struct, frozen=True, kw_only=True):
+    """What clawsup set and re-applies at startup; None means "leave the file's value".
+
+    A bare string is the format before ``replaced`` was kept: what it replaced is unknown.
+    """
+
+    model: Override | str | None = None
+    timezone: Override | str | None = None
     updated_at: datetime | None = None
 
 
@@ -544,29 +558,101 @@ def save_overrides(state_dir: str | os.PathLike[str], overrides: Overrides) -> P
     return path
 
 
-def apply_overrides(config_file: GatewayConfigFile, overrides: Overrides) -> list[Change]:
-    """Write every remembered value that differs from the config; return those changes.
+def override_value(override: Override | str | None) -> str | None:
+    """The value an override sets, whichever format it was saved in."""
+    return override.value if isinstance(override, Override) else override
+
+
+def remembered(previous: Override | str | None, change: Change) -> Override:
+    """The override to keep after ``change`` was written at an operator's request.
+
+    What it replaced stays the value before clawsup's first change: over a file that
+    still holds clawsup's own earlier value, the original is what a reset brings back.
+    """
+    if isinstance(previous, Override) and change.old in (previous.value, previous.written):
+        return Override(value=change.new, replaced=previous.replaced)
+    return Override(value=change.new, replaced=change.old)
+
+
+class Dropped(msgspec.Struct, frozen=True, kw_only=True):
+    """A remembered value not re-applied because the file was edited since."""
+
+    key: str
+    value: str
+    found: str | None  # what the file holds now
+    replaced: str | None  # what clawsup's value had replaced; None also when unknown
+    reason: str
+
+
+class Reapplied(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``apply_overrides`` did: values written, overrides dropped, and the
+    overrides still in force (to save back when some were dropped)."""
+
+    changes: list[Change]
+    dropped: list[Dropped]
+    kept: Overrides
+
+
+def _verdict(override: Override | str, found: str | None) -> str | None:
+    """Why the remembered value must not be written over ``found``; None when it may.
+
+    The file holding the remembered value, what it replaced (a reset config, a new
+    home) or a value clawsup wrote itself is clawsup's to change; anything else, a key
+    removed included, is an edit made since (by hand, ``clawdbot config set``, the
+    gateway) and wins.
+    """
+    if isinstance(override, str):
+        if found == override:
+            return None
+        return "remembered in the old format, without the value it replaced"
+    if found in (override.value, override.replaced) or (
+        override.written is not None and found == override.written
+    ):
+        return None
+    return "the gateway config was edited since clawsup set it"
+
+
+def apply_overrides(config_file: GatewayConfigFile, overrides: Overrides) -> Reapplied:
+    """Write every remembered value the file may take back (see ``_verdict``).
 
     An override that no longer validates (the zone database changed, ``allowed_models``
-    no longer lists it) is logged and skipped: the config's own value stays. A config
-    that cannot be read or written raises SettingError and nothing is written.
+    no longer lists it) is logged and skipped: the config's own value stays. One over a
+    file edited since is dropped. A config that cannot be read or written raises
+    SettingError and nothing is written.
     """
-    wanted: dict[str, str] = {}
-    if overrides.model is not None:
-        try:
-            wanted[config_file.model_key] = validate_model(
-                overrides.model, config_file.allowed_models
-            )
-        except SettingError as error:
-            log.warning("not re-applying the remembered model: %s", error)
-    if overrides.timezone is not None:
-        try:
-            wanted[config_file.timezone_key] = validate_timezone(overrides.timezone)
-        except SettingError as error:
-            log.warning("not re-applying the remembered time zone: %s", error)
-    if not wanted:
-        return []
     path = _resolve(config_file.path)
+    snapshot = _snapshot(path)
+    doc = snapshot.doc
+    wanted: dict[str, str] = {}
+    dropped: list[Dropped] = []
+    kept: dict[str, Override | str | None] = {"model": overrides.model,
+                                              "timezone": overrides.timezone}
+    for name, key, validate in (
+        ("model", config_file.model_key,
+         lambda v: validate_model(v, config_file.allowed_models)),
+        ("timezone", config_file.timezone_key, validate_timezone),
+    ):
+        override = kept[name]
+        if override is None:
+            continue
+        value = override if isinstance(override, str) else override.value
+        found = _described(get_key(doc, key))
+        # No file at all (a new container, a reset home) is nobody's edit to respect.
+        why = None if snapshot.raw is None else _verdict(override, found)
+        if why is not None:
+            replaced = None if isinstance(override, str) else override.replaced
+            dropped.append(Dropped(key=key, value=value, found=found, replaced=replaced,
+                                   reason=why))
+            kept[name] = None
+            continue
+        try:
+            wanted[key] = validate(value)
+        except SettingError as error:
+            log.warning("not re-applying the remembered %s: %s", name, error)
+    kept_overrides = Overrides(model=kept["model"], timezone=kept["timezone"],
+                               updated_at=overrides.updated_at)
+    if not wanted:
+        return Reapplied(changes=[], dropped=dropped, kept=kept_overrides)
     old = write_settings(path, wanted)
     changes = [
         Change(path=str(path), key=key, old=_described(old[key]), new=value)
@@ -575,4 +661,5 @@ def apply_overrides(config_file: GatewayConfigFile, overrides: Overrides) -> lis
     for change in changes:
         if change.changed:
             log.info("%s: re-applied %s %r -> %r", path, change.key, change.old, change.new)
-    return [change for change in changes if change.changed]
+    return Reapplied(changes=[c for c in changes if c.changed], dropped=dropped,
+                     kept=kept_overrides)
