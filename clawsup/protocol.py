@@ -167,6 +167,8 @@ class ProgramStatus(msgspec.Struct, frozen=True, kw_only=True):
     liveness: LivenessState = "off"
     next_start_in: float | None = None
     description: str = ""
+    # A thread other than the main one stuck in D ("thread 12 (libuv-worker) in D...").
+    stuck_thread: str = ""
 
 
 class StatusReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -47,6 +47,8 @@ def format_status(reply: Mapping[str, Any]) -> str:
 def _program_row(program: Mapping[str, Any]) -> list[str]:
     state = program["state"]
     flags = [flag for flag in ("hung", "unkillable") if program[flag]]
+    if program.get("stuck_thread"):
+        flags.append(program["stuck_thread"])
     if program["liveness"] == "failing":
         flags.append("liveness failing")
     if program["next_start_in"] is not None:

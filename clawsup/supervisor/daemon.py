@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
+
 from clawsup.protocol import Event, HealthReply, LivenessState, ProgramStatus
 from clawsup.supervisor import hang, procinfo
 from clawsup.supervisor.config import Config, ConfigError, ProgramConfig, load_config
@@ -93,6 +95,7 @@ class _Watch:
     """Per-program sampling state (D state, zombies, liveness)."""
 
     d_state: hang.DState = hang.NOT_IN_D
+    threads: hang.Threads = hang.NO_THREADS_IN_D  # the other threads in D
     # The last walk of the process tree under ``tree_of`` (a program's pid).
     tree: tuple[int, ...] = ()
     tree_of: int | None = None
@@ -303,6 +306,7 @@ class Supervisor:
             if watch.sampler is not None:
                 watch.sampler.watch(None)
             watch.d_state = hang.NOT_IN_D
+            watch.threads = hang.NO_THREADS_IN_D
             watch.liveness = hang.Liveness()
         program.exited(status)
 
@@ -508,6 +512,8 @@ class Supervisor:
             watch.d_state = hang.NOT_IN_D
             program.hang_detected(description)
             return
+        if seen.threads_in_d is not None:
+            self._threads_observed(program, watch, seen.threads_in_d, seen.at)
         if seen.tree is None or seen.zombies is None:
             return
         watch.tree, watch.tree_of = seen.tree, seen.pid
@@ -521,6 +527,25 @@ class Supervisor:
                       f"{settings.zombie_children_max}), restarting",
                       {"zombies": seen.zombies, "reason": "zombie_leak"})
             program.restart("zombie_leak")
+
+    def _threads_observed(self, program: Program, watch: _Watch,
+                          threads: tuple[hang.ThreadInD, ...], at: float) -> None:
+        """Another thread stuck in D: report it, restart gracefully once (hang.py says why)."""
+        watch.threads = hang.track_threads(watch.threads, threads, at)
+        stuck = hang.newly_stuck(watch.threads, at, program.config.hang.d_state_after)
+        if stuck is None:
+            return
+        thread, seconds = stuck
+        watch.threads, restart = hang.report_stuck(watch.threads, thread.tid)
+        then = ("restarting it once; it cannot exit before the kernel returns the thread"
+                if restart else "already restarted once: not again")
+        self.emit("thread_hung", program.name,
+                  f"{program.name} has a thread stuck in D state (thread {thread.tid} "
+                  f"{thread.name!r} for {seconds:.1f}s), {then}",
+                  {"tid": thread.tid, "thread": thread.name, "seconds": round(seconds, 3),
+                   "pid": program.pid, "restart": restart, "reason": "thread_hung"})
+        if restart:
+            program.restart("thread_hung")
 
     # -- liveness -----------------------------------------------------------------------------
 
@@ -659,7 +684,16 @@ class Supervisor:
     # -- queries ------------------------------------------------------------------------------
 
     def statuses(self) -> list[ProgramStatus]:
-        return [p.status(self.liveness_state(p)) for p in self.programs.values()]
+        return [self._status(p) for p in self.programs.values()]
+
+    def _status(self, program: Program) -> ProgramStatus:
+        status = program.status(self.liveness_state(program))
+        stuck = self.stuck_thread(program)
+        return msgspec.structs.replace(status, stuck_thread=stuck) if stuck else status
+
+    def stuck_thread(self, program: Program) -> str:
+        watch = self._watches.get(program.name)
+        return "" if watch is None else hang.stuck_thread(watch.threads, self.clock.monotonic())
 
     def health(self) -> HealthReply:
         main = self.main
@@ -670,6 +704,8 @@ class Supervisor:
             reasons.append(f"{main.name} is hung")
         if main.unkillable:
             reasons.append(f"{main.name} is unkillable")
+        if stuck := self.stuck_thread(main):
+            reasons.append(f"{main.name} has a {stuck}")
         if self.liveness_state(main) == "failing":
             reasons.append(f"{main.name}'s last liveness probe failed")
         return HealthReply(healthy=not reasons, reasons=reasons)

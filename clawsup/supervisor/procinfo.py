@@ -7,6 +7,7 @@ second must cost next to nothing at idle, and these are three small files.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 # pid (7 digits at most), " (", the command name (15 bytes at most), ") " and the state
 # letter: the state is always within the first 27 bytes of /proc/PID/stat.
@@ -65,9 +66,15 @@ class StatReader:
             self._fd = None
 
 
+def _name_in(raw: bytes) -> str:
+    """The command name (a thread's name, for a task) from the start of a stat line."""
+    return raw[raw.find(b"(") + 1 : raw.rfind(b")")].decode(errors="replace")
+
+
 class ChildrenReader:
     """One process' direct children, through descriptors kept open on each of its
-    threads' ``/proc/PID/task/TID/children`` files.
+    threads' ``/proc/PID/task/TID/children`` files; and, through each thread's
+    ``stat``, opened with them, which of its threads are in D state.
 
     Opening them by path every walk (list /proc/PID/task, then one file per thread) costs
     about 200 us of cold procfs lookups, every few seconds for a supervisor's life; a
@@ -82,6 +89,7 @@ class ChildrenReader:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._fds: list[int] = []
+        self._stats: dict[int, int] = {}  # tid -> its stat, for threads_in_d()
         self._reads_left = 0
 
     def children(self, threads: int | None) -> list[int]:
@@ -115,11 +123,40 @@ class ChildrenReader:
             except (FileNotFoundError, ProcessLookupError, PermissionError):
                 continue
             self._fds.append(fd)
+            if int(tid) == self.pid:
+                continue  # the main thread is sampled through the process' own stat
+            try:
+                stat_fd = os.open(f"/proc/{self.pid}/task/{tid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+            self._stats[int(tid)] = stat_fd
+
+    def threads_in_d(self, among: Collection[int] | None = None) -> list[tuple[int, str]]:
+        """The threads other than the main one that are in D, as (tid, name).
+
+        Only the threads found by the last listing (``children()`` lists them), and of
+        those only ``among`` when given: one pread each on a kept-open descriptor. A
+        thread that has exited fails its read and is skipped until the next listing.
+        """
+        found: list[tuple[int, str]] = []
+        for tid, fd in self._stats.items():
+            if among is not None and tid not in among:
+                continue
+            try:
+                raw = os.pread(fd, _STATE_WITHIN, 0)
+            except OSError:
+                continue
+            if _state_in(raw) == "D":
+                found.append((tid, _name_in(raw)))
+        return found
 
     def close(self) -> None:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+        for fd in self._stats.values():
+            os.close(fd)
+        self._stats = {}
 
 
 def _pread_all(fd: int) -> bytes | None:
@@ -160,14 +197,14 @@ def run_state(pid: int) -> str | None:
         reader.close()
 
 
-def context_switches(pid: int) -> int | None:
-    """Voluntary + involuntary context switches of the main thread.
+def context_switches(pid: int, tid: int | None = None) -> int | None:
+    """Voluntary + involuntary context switches of the main thread (of thread ``tid``).
 
     A thread that sleeps in D and wakes up (disk I/O finishing) switches context; one that
     is stuck in D does not. Two samples in D with the same count mean it never left D in
     between, which a single state sample cannot tell.
     """
-    raw = _read(f"/proc/{pid}/status")
+    raw = _read(f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status")
     if raw is None:
         return None
     return sum(int(line.split()[1]) for line in raw.splitlines()

@@ -9,8 +9,9 @@ tick costs about 190 us, and the issue wants clawsup's idle CPU at or below it.
 
 The thread only reads. Every decision (is it hung? leaking zombies?) and every change of
 state stays on the loop: the thread hands over only the samples that matter (a D state,
-the first sample after one, a process tree or zombie count that changed) through
-``call_soon_threadsafe``, and nothing at all while the program sleeps as usual.
+the first sample after one, a process tree or zombie count that changed, another thread
+in D and the first reading after it left) through ``call_soon_threadsafe``, and nothing
+at all while the program sleeps as usual.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from clawsup.supervisor import procinfo
+from clawsup.supervisor.hang import ThreadInD
 
 log = logging.getLogger("clawsup")
 
@@ -45,6 +47,8 @@ class Observation:
     # Set when the tree was walked and differs from the last one handed over.
     tree: tuple[int, ...] | None = None
     zombies: int | None = None
+    # The other threads in D, when they were read (see _Process.threads_in_d).
+    threads_in_d: tuple[ThreadInD, ...] | None = None
 
 
 class _Process:
@@ -59,6 +63,14 @@ class _Process:
         """Every process below this one."""
         first = self._children.children(self.stat.threads())
         return tuple(procinfo.descendants(self.pid, first=first))
+
+    def threads_in_d(self, among: tuple[int, ...] | None) -> tuple[ThreadInD, ...]:
+        """The other threads in D (of ``among`` only, when given), switch counts read
+        only for those."""
+        return tuple(
+            ThreadInD(tid, name, procinfo.context_switches(self.pid, tid))
+            for tid, name in self._children.threads_in_d(among)
+        )
 
     def close(self) -> None:
         self.stat.close()
@@ -124,6 +136,11 @@ class Sampler:
         samples = 0
         in_d = False
         last_tree: tuple[int, tuple[int, ...], int] | None = None
+        # Other threads seen in D at the last reading: read again every sample until
+        # they leave it. All threads are read only at the tree walks, with the thread
+        # list the walk keeps open: a stuck worker is seen up to TREE_SCAN_EVERY samples
+        # late, against a d_state_after of seconds, and idle sampling costs no more.
+        following: tuple[int, ...] = ()
         failing = False
         # Keep this loop short: it is the idle cost of clawsup.
         while not poller.poll(self._interval_ms):
@@ -140,19 +157,27 @@ class Sampler:
                     watched = _Process(pid)
                     samples = 0
                     in_d = False
+                    following = ()
                 state = watched.stat.state()
                 samples += 1
                 walk = samples % TREE_SCAN_EVERY == 1
-                if state != "D" and not in_d and not walk:
+                if state != "D" and not in_d and not walk and not following:
                     continue
                 tree = watched.tree() if walk and state is not None else None
-                seen = self._observe(pid, state, tree, last_tree)
+                threads = None
+                if state is not None and (walk or following):
+                    threads = watched.threads_in_d(None if walk else following)
+                seen = self._observe(pid, state, tree, last_tree, threads)
                 # The first sample out of D goes to the loop too: it ends the D record.
                 was_in_d, in_d = in_d, state == "D"
+                was_following = bool(following)
+                if threads is not None:
+                    following = tuple(thread.tid for thread in threads)
                 if seen.tree is not None:
                     assert seen.zombies is not None
                     last_tree = (pid, seen.tree, seen.zombies)
-                if in_d or was_in_d or seen.tree is not None:
+                if (in_d or was_in_d or seen.tree is not None
+                        or (threads is not None and (threads or was_following))):
                     self._loop.call_soon_threadsafe(self._deliver, seen)
                 failing = False
             except RuntimeError:
@@ -169,17 +194,20 @@ class Sampler:
     def _observe(
         self, pid: int, state: str | None, tree: tuple[int, ...] | None,
         last_tree: tuple[int, tuple[int, ...], int] | None,
+        threads: tuple[ThreadInD, ...] | None = None,
     ) -> Observation:
         switches = procinfo.context_switches(pid) if state == "D" else None
         at = self._monotonic()
         if tree is None:
-            return Observation(pid=pid, state=state, switches=switches, at=at)
+            return Observation(pid=pid, state=state, switches=switches, at=at,
+                               threads_in_d=threads)
         # Zombies whose parent is alive: only that parent can reap them, so only a restart
         # clears them (an orphaned zombie would be re-parented to us and reaped).
         zombies = sum(1 for p in tree if procinfo.run_state(p) == "Z")
         # Zombies are handed over at every walk, changed or not: a leak found while the
         # program was STARTING must still be judged once it is RUNNING.
         if last_tree == (pid, tree, zombies) and not zombies:
-            return Observation(pid=pid, state=state, switches=switches, at=at)
+            return Observation(pid=pid, state=state, switches=switches, at=at,
+                               threads_in_d=threads)
         return Observation(pid=pid, state=state, switches=switches, at=at,
-                           tree=tree, zombies=zombies)
+                           tree=tree, zombies=zombies, threads_in_d=threads)
