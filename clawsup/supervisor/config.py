@@ -237,7 +237,8 @@ class WebhookConfig(_Section, frozen=True):
 class AlertsConfig(_Section, frozen=True):
     events: list[str] = msgspec.field(
         default_factory=lambda: [
-            "hung", "fatal", "crash_loop", "message_timeout", "breaker_open", "zombie_leak"
+            "hung", "thread_hung", "fatal", "crash_loop", "message_timeout", "breaker_open",
+            "zombie_leak",
         ]
     )
     quiet_period: Duration = Duration(600.0)
