@@ -240,6 +240,26 @@ def test_clawdbot_config_set_after_set_timezone_survives_a_clawsup_restart(
     assert b"TZ=Asia/Tokyo" not in environ
 
 
+def test_the_operators_model_is_reapplied_over_the_breakers_fallback(
+    demo, tmp_path: Path
+) -> None:
+    breaker = '[breaker]\nfallbacks = ["openai/gpt-4o"]\nfailures = 1\nwindow = "1m"\n' \
+              'cooldown = "1h"\n'
+    d = demo(tail=breaker)
+    config_file = d.home / "clawdbot.json"
+    d.client.set_model("openai/gpt-5.2")
+    d.command("crash 1")
+    wait_until(lambda: _primary(config_file) == "openai/gpt-4o", 20, what="the fallback")
+    d.client.shutdown()
+    d.clawsup.wait()  # its status is the crash's, if the gateway had not restarted yet
+    # The fallback in the file is clawsup's own doing, not an edit to respect.
+    demo(tail=breaker)
+    assert _primary(config_file) == "openai/gpt-5.2"
+    assert _remembered(tmp_path)["model"] == {
+        "value": "openai/gpt-5.2", "replaced": "anthropic/claude-opus-4-5",
+        "written": "openai/gpt-4o"}
+
+
 def test_set_timezone_is_reapplied_over_an_unchanged_file(demo, tmp_path: Path) -> None:
     d = demo()
     d.client.set_timezone("Asia/Tokyo")
