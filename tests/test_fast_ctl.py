@@ -152,7 +152,8 @@ class ManyPrograms(FakeSupervisor):
             ProgramStatus(name="worker-ümlaut", state="BACKOFF", pid=None, restarts=7, uptime=None,
                           last_exit=LastExit(code=1), next_start_in=2.5, liveness="failing"),
             ProgramStatus(name="stuck", state="STOPPING", pid=99, restarts=0, uptime=0.4,
-                          last_exit=None, hung=True, unkillable=True),
+                          last_exit=None, hung=True, unkillable=True,
+                          stuck_thread="thread 101 (libuv-worker) in D state for 14s"),
             *(ProgramStatus(name=f"helper-{i}", state="STOPPED", pid=None, restarts=i,
                             uptime=None, last_exit=LastExit(code=0, reason="stopped by request"))
               for i in range(20)),
@@ -176,6 +177,7 @@ def test_status_table_and_json_match_the_click_path(server: ServerThread):
     assert len(out.splitlines()) == 1 + 23 + 2
     assert "worker-ümlaut" in out
     assert "breaker: open (using openai/gpt-5.2)" in out
+    assert "thread 101 (libuv-worker) in D state for 14s" in out
     code, out, _ = both("--socket", server.endpoint, "status", "--json")
     assert code == 0
     assert len(out) > 2000
