@@ -222,7 +222,9 @@ class JanitorConfig(_Section, frozen=True):
     interval: Duration = Duration(5.0)
     max_session_size: Size = Size(10 << 20)
     lock_max_age: Duration = Duration(300.0)
-    message_timeout: Duration = Duration(600.0)
+    # None: the gateway's own turn timeout plus a margin (message_timeout.py), so a stuck
+    # message is acted on only after the gateway had its chance to end the turn itself.
+    message_timeout: Duration | None = None
     archive_retention: Duration = Duration(7 * 86400.0)
     restart_flag: str | None = "~/.clawdbot/restart.flag"
     ops_requests: str | None = "~/.clawdbot/ops-requests"
