@@ -416,11 +416,17 @@ class Supervisor:
             return True
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
-        self._state_waiters.append((predicate, future))
+        waiter = (predicate, future)
+        self._state_waiters.append(waiter)
         try:
             await asyncio.wait_for(future, timeout)
         except TimeoutError:
             return False
+        finally:
+            # A waiter that timed out would otherwise stay listed until the next change
+            # of state: the liveness loop waits a period at a time, for days.
+            with contextlib.suppress(ValueError):
+                self._state_waiters.remove(waiter)
         return True
 
     # -- output ------------------------------------------------------------------------------
