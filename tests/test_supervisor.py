@@ -755,6 +755,15 @@ def test_initial_delay_is_accepted_with_a_deprecation_warning(tmp_path: Path) ->
     assert "programs.gw.liveness.initial_delay is deprecated and has no effect" in result.stderr
 
 
+def test_run_starts_with_initial_delay_and_warns_about_it(run_clawsup) -> None:
+    clawsup = run_clawsup(program("import time; print('up', flush=True); time.sleep(600)")
+                          + '[programs.gw.liveness]\ntcp = "127.0.0.1:1"\n'
+                          'initial_delay = "30s"\n')
+    clawsup.wait_log("gw | up")
+    assert "warning" in clawsup.log()
+    assert "programs.gw.liveness.initial_delay is deprecated and has no effect" in clawsup.log()
+
+
 def test_crash_loop_backs_off_exponentially_then_goes_fatal(run_clawsup) -> None:
     import re
 
