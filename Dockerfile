@@ -17,8 +17,9 @@
 #                     (BuildKit then skips the unused gateway stage and its npm install).
 #                     The image must be Debian-based (apt-get), have the unprivileged `node`
 #                     user, and start the gateway as etc/clawsup.toml says: in /app,
-#                     `node dist/index.js gateway --bind lan --port 18789` -- the layout of
-#                     the upstream Dockerfile. Elsewhere, mount an override file and
+#                     `node --disable-sigusr1 dist/index.js gateway --bind lan --port 18789`
+#                     (the layout of the upstream Dockerfile; the flag keeps a SIGUSR1 from
+#                     opening the Node inspector). Elsewhere, mount an override file and
 #                     append it to the command line (its keys win):
 #                       docker run ... -v ./override.toml:/etc/clawsup/override.toml:ro \
 #                           IMAGE -c /etc/clawsup/override.toml
@@ -53,7 +54,7 @@ WORKDIR /app
 # hadolint ignore=DL3066
 USER node
 # What this stage runs on its own (and what clawsup runs in the final image).
-CMD ["node", "dist/index.js", "gateway", "--bind", "lan", "--port", "18789"]
+CMD ["node", "--disable-sigusr1", "dist/index.js", "gateway", "--bind", "lan", "--port", "18789"]
 
 # -- clawsup on top of the gateway ------------------------------------------------------------
 FROM ${BASE_IMAGE}

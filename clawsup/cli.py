@@ -36,6 +36,12 @@ def check(paths: tuple[str, ...]) -> None:
         f"{name} (main)" if program.main else name for name, program in config.programs.items()
     )
     click.echo(f"{', '.join(files)}: ok; programs: {names}")
+    from clawsup.supervisor.message_timeout import resolve
+
+    in_force = resolve(config.janitor, config.gateway_config)
+    click.echo(in_force.describe())
+    if in_force.problem is not None:
+        click.echo(f"clawsup: warning: {in_force.problem}", err=True)
 
 
 @main.command()

@@ -46,14 +46,22 @@ def parse_run(argv: list[str]) -> tuple[str, ...] | None:
 
 def load(paths: tuple[str, ...]) -> tuple[list[str], Config]:
     """The config files named (or the default one) as one Config; exit 2 if unusable."""
-    from clawsup.supervisor.config import ConfigError, default_config_path, load_config
+    from clawsup.supervisor.config import (
+        ConfigError,
+        default_config_path,
+        deprecations,
+        load_config,
+    )
 
     files = list(paths) or [default_config_path()]
     try:
-        return files, load_config(*files)
+        config = load_config(*files)
     except ConfigError as error:
         print(f"clawsup: {error}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    for warning in deprecations(config):
+        print(f"clawsup: warning: {', '.join(files)}: {warning}", file=sys.stderr)
+    return files, config
 
 
 def run(paths: tuple[str, ...]) -> None:

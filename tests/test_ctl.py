@@ -189,6 +189,34 @@ def test_restart_waits_for_running_unless_no_wait(server: ServerThread) -> None:
     wait_until(lambda: server.handler.state == "RUNNING", what="restart finished")
 
 
+def test_restart_without_an_answer_in_time_says_the_program_may_still_be_starting(
+    server: ServerThread,
+) -> None:
+    server.handler.restart_seconds = 5.0  # a gateway that takes longer to serve again
+    result = ctl_at(server, "--timeout", "0.5", "restart")
+    assert result.returncode == 1
+    assert "no answer from clawsup within 0.5s" in result.stderr
+    assert "the main program is probably still starting" in result.stderr
+    assert "clawsupctl status" in result.stderr
+
+
+def test_clawsupctl_waits_longer_than_clawsup_takes_to_answer_a_restart_of_the_shipped_gateway(
+) -> None:
+    from clawsup.client.ctl import WAIT_TIMEOUT
+    from clawsup.supervisor import controller
+    from clawsup.supervisor.config import load_config
+    from clawsup.supervisor.program import KILL_TIMEOUT
+
+    gateway = load_config(REPO / "etc" / "clawsup.toml").programs["gateway"]
+    assert gateway.liveness is not None
+    # The stop, then a start that may last start_timeout and end in the stop of a failed
+    # start: the supervisor answers by then, clawsupctl must still be listening.
+    answered_within = (gateway.stop_timeout + KILL_TIMEOUT
+                       + controller._start_settles_within(gateway) + controller._WAIT_MARGIN)
+    assert answered_within > gateway.liveness.start_timeout
+    assert answered_within < WAIT_TIMEOUT
+
+
 def test_start_stop_signal(server: ServerThread) -> None:
     assert ctl_at(server, "stop", "gateway").stdout == "gateway: STOPPED\n"
     assert ctl_at(server, "start").stdout == "gateway: RUNNING (pid 4243)\n"

@@ -86,7 +86,6 @@ sample_interval = "200ms"
 http = {probe_url}
 period = "500ms"
 timeout = "1s"
-initial_delay = "1s"
 
 [janitor]
 sessions = [{sessions}]

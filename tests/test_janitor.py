@@ -467,3 +467,19 @@ def test_stuck_message_names_our_program_through_the_owners_ancestors(testbed: T
     stuck = {s.session_id: s for s in janitor.sweep({launcher.pid: "gateway"}).stuck}
     assert stuck["anc00001"].program == "gateway"
     assert stuck["anc00002"].program is None
+
+
+def test_a_stuck_message_is_judged_by_the_message_timeout_in_force(testbed: Testbed) -> None:
+    # No explicit [janitor] message_timeout: the service sets the value it worked out from
+    # the gateway's turn timeout (message_timeout.py), e.g. 30 s + 60 s.
+    process = testbed.spawn()
+    created = time.time()
+    write_lock(testbed.sessions, "turn0001.jsonl.lock", process.pid, created)
+    janitor = testbed.janitor()
+    janitor.message_timeout = 90.0
+    owners = {process.pid: "gateway"}
+    testbed.clock.now = created + 85
+    assert janitor.sweep(owners).stuck == ()
+    testbed.clock.now = created + 95
+    (stuck,) = janitor.sweep(owners).stuck
+    assert stuck.session_id == "turn0001"

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clawsup.supervisor.config import Backoff, CrashLoop, ProgramConfig
+from clawsup.supervisor.config import Backoff, CrashLoop, Liveness, ProgramConfig
 from clawsup.supervisor.program import (
     KILL_TIMEOUT,
     TRANSITIONS,
@@ -172,7 +172,9 @@ def make_config(
     max_restarts: int = 5,
     window: float = 60.0,
     cooldown: float = COOLDOWN,
+    start_timeout: float | None = None,
 ) -> ProgramConfig:
+    """``start_timeout`` given: a liveness probe decides when it is RUNNING."""
     return ProgramConfig(
         command=["clawdbot", "gateway"],
         main=True,
@@ -189,6 +191,9 @@ def make_config(
             jitter=jitter,
         ),
         crash_loop=CrashLoop(max_restarts=max_restarts, window=Duration(window), cooldown=Duration(cooldown)),
+        liveness=None if start_timeout is None else Liveness(
+            http="http://127.0.0.1:18789/", start_timeout=Duration(start_timeout)
+        ),
     )
 
 
@@ -204,7 +209,10 @@ class Harness:
 
     def run_until_running(self) -> None:
         self.program.start()
-        self.effects.advance(self.program.config.start_seconds)
+        if self.program.config.liveness is not None:
+            self.program.ready()
+        else:
+            self.effects.advance(self.program.config.start_seconds)
         assert self.state is S.RUNNING
 
     def delay_of_pending(self) -> float:
@@ -223,34 +231,45 @@ def harness(config: ProgramConfig | None = None, random_value: float = 0.5) -> H
 TIMER_TRIGGERS = frozenset(
     {
         T.START_SECONDS_ELAPSED,
+        T.START_TIMEOUT,
         T.BACKOFF_ELAPSED,
         T.STOP_TIMEOUT,
         T.KILL_TIMEOUT,
         T.COOLDOWN_ELAPSED,
     }
 )
-# The timer a state is waiting on when the walk drives it there.
-PENDING_IN = {
-    S.STARTING: T.START_SECONDS_ELAPSED,
-    S.BACKOFF: T.BACKOFF_ELAPSED,
-    S.FATAL: T.COOLDOWN_ELAPSED,
-}
+START_TIMEOUT = 30.0
+# The two ways a program becomes RUNNING: start_seconds elapsed, or (with a liveness probe)
+# its first passing probe. Each walk has the timers its way uses.
+WALKS = ("start_seconds", "probe")
 
 
-def walk_config() -> ProgramConfig:
+def pending_in(state: State, walk: str) -> Trigger | None:
+    """The timer a state is waiting on when the walk drives it there."""
+    if state is S.STARTING:
+        return T.START_TIMEOUT if walk == "probe" else T.START_SECONDS_ELAPSED
+    return {S.BACKOFF: T.BACKOFF_ELAPSED, S.FATAL: T.COOLDOWN_ELAPSED}.get(state)
+
+
+def walk_config(walk: str = "start_seconds") -> ProgramConfig:
     # on-failure makes EXITED reachable with a clean exit; max_restarts=1 makes FATAL
     # reachable with two quick crashes.
-    return make_config(autorestart="on-failure", max_restarts=1)
+    return make_config(autorestart="on-failure", max_restarts=1,
+                       start_timeout=START_TIMEOUT if walk == "probe" else None)
 
 
 def collect_stale_callbacks(h: Harness) -> dict[Trigger, Callable[[], None]]:
-    """Tour every timer once, keeping each callback; they are all stale afterwards."""
+    """Tour every timer of the walk once, keeping each callback; all stale afterwards."""
     p, fx = h.program, h.effects
+    probe = p.config.liveness is not None
     stale: dict[Trigger, Callable[[], None]] = {}
 
     p.start()
-    stale[T.START_SECONDS_ELAPSED] = fx.pending().callback
-    fx.advance(START_SECONDS)
+    stale[T.START_TIMEOUT if probe else T.START_SECONDS_ELAPSED] = fx.pending().callback
+    if probe:
+        p.ready()
+    else:
+        fx.advance(START_SECONDS)
     fx.advance(1.0)
     p.exited(CRASH)
     assert h.state is S.BACKOFF
@@ -275,7 +294,8 @@ def collect_stale_callbacks(h: Harness) -> dict[Trigger, Callable[[], None]]:
 
     assert h.state is S.STOPPED
     assert not fx.live_timers()
-    assert set(stale) == TIMER_TRIGGERS
+    never = T.START_SECONDS_ELAPSED if probe else T.START_TIMEOUT
+    assert set(stale) == TIMER_TRIGGERS - {never}
     return stale
 
 
@@ -322,6 +342,8 @@ def fire(h: Harness, trigger: Trigger) -> None:
         p.exited(CRASH)
     elif trigger is T.SPAWN_FAILED:
         p.spawn_failed("no such file")
+    elif trigger is T.READY:
+        p.ready()
     else:
         h.effects.fire_pending()
 
@@ -331,19 +353,23 @@ def snapshot(h: Harness) -> tuple[Any, ...]:
     return (h.state, len(fx.spawns), len(fx.kills), len(fx.transitions), len(fx.events))
 
 
-def _pair_param(state: State, trigger: Trigger) -> Any:
-    return pytest.param(state, trigger, id=f"{state.name}-{trigger.name}")
+def _pair_param(state: State, trigger: Trigger, walk: str) -> Any:
+    return pytest.param(state, trigger, walk, id=f"{walk}-{state.name}-{trigger.name}")
 
 
-ALL_PAIRS = [_pair_param(state, trigger) for state in State for trigger in Trigger]
+ALL_PAIRS = [
+    _pair_param(state, trigger, walk) for walk in WALKS for state in State for trigger in Trigger
+]
 
 
-@pytest.mark.parametrize(("state", "trigger"), ALL_PAIRS)
-def test_every_state_trigger_pair_follows_the_table(state: State, trigger: Trigger) -> None:
-    h = harness(walk_config())
+@pytest.mark.parametrize(("state", "trigger", "walk"), ALL_PAIRS)
+def test_every_state_trigger_pair_follows_the_table(
+    state: State, trigger: Trigger, walk: str
+) -> None:
+    h = harness(walk_config(walk))
     stale = collect_stale_callbacks(h)
     # STOPPING waits on STOP_TIMEOUT after a stop, on KILL_TIMEOUT once SIGKILL was sent.
-    pending_here = PENDING_IN.get(state)
+    pending_here = pending_in(state, walk)
     if state is S.STOPPING:
         pending_here = T.KILL_TIMEOUT if trigger is T.KILL_TIMEOUT else T.STOP_TIMEOUT
     drive_to(h, state, pending_here)
@@ -351,9 +377,10 @@ def test_every_state_trigger_pair_follows_the_table(state: State, trigger: Trigg
     if trigger in TIMER_TRIGGERS:
         # A callback from an earlier timer carries an old token: ignored in every state,
         # even where the trigger itself would be legal.
-        before = snapshot(h)
-        stale[trigger]()
-        assert snapshot(h) == before, "a stale timer callback changed something"
+        if trigger in stale:
+            before = snapshot(h)
+            stale[trigger]()
+            assert snapshot(h) == before, "a stale timer callback changed something"
         if trigger is not pending_here:
             return  # nothing else can deliver this trigger in this state
 
@@ -468,6 +495,123 @@ def test_start_seconds_zero_is_running_immediately() -> None:
     assert h.state is S.RUNNING
     assert h.effects.transitions == [(S.STOPPED, S.STARTING), (S.STARTING, S.RUNNING)]
     assert not h.effects.live_timers()
+
+
+# -- ready means serving (a liveness probe decides RUNNING) -----------------------------------
+
+
+def probed(**kwargs: Any) -> Harness:
+    return harness(make_config(start_timeout=START_TIMEOUT, **kwargs))
+
+
+def test_with_a_probe_start_seconds_do_not_make_it_running() -> None:
+    h = probed(start_seconds=1.0)
+    h.program.start()
+    h.effects.advance(START_TIMEOUT - 0.001)
+    assert h.state is S.STARTING
+    h.program.ready("HTTP 200")
+    assert h.state is S.RUNNING
+    assert h.effects.kinds("state")[-1]["trigger"] == T.READY.value
+    assert not h.effects.live_timers(), "the start timeout is cancelled once it serves"
+
+
+def test_with_a_probe_start_seconds_zero_is_still_starting() -> None:
+    h = probed(start_seconds=0.0)
+    h.program.start()
+    assert h.state is S.STARTING
+
+
+def test_no_probe_success_within_start_timeout_stops_it_gracefully_then_kills() -> None:
+    h = probed()
+    h.program.start()
+    pid = h.program.pid
+    h.effects.advance(START_TIMEOUT)
+    assert h.state is S.STOPPING
+    assert h.effects.kills == [(pid, signal.SIGTERM)]
+    assert h.effects.kinds("state")[-1]["trigger"] == T.START_TIMEOUT.value
+    h.effects.advance(STOP_TIMEOUT)
+    assert h.effects.kills[-1] == (pid, signal.SIGKILL)
+    h.program.exited(KILLED)
+    assert h.state is S.BACKOFF
+    assert h.program.last_exit is not None
+    assert h.program.last_exit.reason.startswith("start_timeout")
+    assert h.effects.kinds("exited")[-1]["restart"] is True
+
+
+def test_a_failed_start_backs_off_like_a_quick_failure() -> None:
+    # reset_after is shorter than the wait: still a quick failure, it never served.
+    h = probed(initial=1.0, factor=2.0, reset_after=10.0, max_restarts=100)
+    delays = []
+    h.program.start()
+    for _ in range(3):
+        h.effects.advance(START_TIMEOUT)
+        h.program.exited(exit_status(0))  # the gateway exits 0 on SIGTERM
+        assert h.state is S.BACKOFF
+        delays.append(h.delay_of_pending())
+        h.effects.fire_pending()
+        assert h.state is S.STARTING
+    assert delays == pytest.approx([1.0, 2.0, 4.0])
+    assert [b["quick_failures"] for b in h.effects.kinds("backoff")] == [1, 2, 3]
+
+
+def test_failed_starts_count_toward_the_crash_loop_budget() -> None:
+    h = probed(max_restarts=2, window=1000.0)
+    h.program.start()
+    for _ in range(2):
+        h.effects.advance(START_TIMEOUT)
+        h.program.exited(KILLED)
+        assert h.state is S.BACKOFF
+        h.effects.fire_pending()
+    h.effects.advance(START_TIMEOUT)
+    h.program.exited(KILLED)
+    assert h.state is S.FATAL
+    assert h.effects.kinds("crash_loop")[-1]["reason"] == "start_timeout"
+
+
+def test_exit_while_waiting_for_the_probe_is_a_quick_failure_however_long() -> None:
+    h = probed(reset_after=10.0, initial=2.0)
+    h.program.start()
+    h.effects.advance(20.0)
+    h.program.exited(CRASH)
+    assert h.state is S.BACKOFF
+    assert h.delay_of_pending() == pytest.approx(2.0)
+
+
+def test_a_failed_start_with_autorestart_never_leaves_it_exited() -> None:
+    h = probed(autorestart="never")
+    h.program.start()
+    h.effects.advance(START_TIMEOUT)
+    h.program.exited(exit_status(0))
+    assert h.state is S.EXITED
+    assert h.effects.kinds("exited")[-1]["restart"] is False
+    assert len(h.effects.spawns) == 1
+
+
+def test_stop_during_a_failed_start_stops_it_for_good() -> None:
+    h = probed()
+    h.program.start()
+    h.effects.advance(START_TIMEOUT)
+    h.program.stop()
+    h.program.exited(exit_status(0))
+    assert h.state is S.STOPPED
+    assert len(h.effects.spawns) == 1
+
+
+def test_a_trial_start_after_the_cooldown_must_serve_to_close_the_breaker() -> None:
+    h = probed(max_restarts=1, window=1000.0)
+    h.program.start()
+    h.program.exited(CRASH)
+    h.effects.fire_pending()
+    h.program.exited(CRASH)
+    assert h.state is S.FATAL
+    h.effects.fire_pending()  # the cooldown: one trial start
+    assert h.state is S.STARTING
+    h.effects.advance(START_TIMEOUT)
+    h.program.exited(KILLED)
+    assert h.state is S.FATAL, "a trial start that never served is a failure"
+    h.effects.fire_pending()
+    h.program.ready()
+    assert h.state is S.RUNNING
 
 
 # -- backoff -------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from clawsup.client import Client, Unreachable
+from clawsup.protocol import ProgramStatus
 from tests.util import Clawsup, python_program, wait_until, write_config, zombies_under
 
 FAST = """
@@ -279,22 +281,77 @@ def test_on_failure_restarts_failures_but_not_success(run_clawsup, tmp_path: Pat
     assert counter.read_text() == "3"
 
 
-def test_usr1_usr2_winch_are_forwarded_to_the_main_program(run_clawsup, tmp_path: Path) -> None:
-    got = tmp_path / "got"
-    code = f"""
-        import signal, time
-        def note(signum, _):
-            with open({str(got)!r}, 'a') as f: f.write(signal.Signals(signum).name + '\\n')
-        for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
-            signal.signal(s, note)
-        print('ready', flush=True)
-        while True: time.sleep(1)
-    """
-    clawsup = run_clawsup(program(code))
+SIGNAL_NOTER = textwrap.dedent("""
+    import os, signal, time
+    def note(signum, _):
+        with open({got!r}, 'a') as f: f.write(signal.Signals(signum).name + '\\n')
+    for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
+        signal.signal(s, note)
+    print('ready', os.getpid(), flush=True)
+    while True: time.sleep(1)
+""")
+
+
+def test_usr1_usr2_winch_are_forwarded_to_every_program_listing_them(
+    run_clawsup, tmp_path: Path
+) -> None:
+    got, side_got = tmp_path / "got", tmp_path / "side_got"
+    every = 'forward_signals = ["SIGUSR1", "USR2", "SIGWINCH"]\n'
+    side = program(SIGNAL_NOTER.format(got=str(side_got)), every, name="side", main=False)
+    clawsup = run_clawsup(program(SIGNAL_NOTER.format(got=str(got)), every) + side)
     clawsup.wait_log("gw | ready")
+    clawsup.wait_log("side | ready")
     for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
         clawsup.signal(signum)
-        wait_until(lambda s=signum: got.exists() and signal.Signals(s).name in got.read_text(), 10)
+        for path in (got, side_got):
+            wait_until(lambda s=signum, p=path: p.exists()
+                       and signal.Signals(s).name in p.read_text(), 10)
+
+
+def test_forwarded_signals_reach_the_programs_process_group(run_clawsup, tmp_path: Path) -> None:
+    got = tmp_path / "got"
+    # The program's own process ignores the signal; its child (in its process group)
+    # notes it.
+    code = f"""
+        import signal, subprocess, sys, time
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        subprocess.Popen([sys.executable, "-c", {SIGNAL_NOTER.format(got=str(got))!r}])
+        while True: time.sleep(1)
+    """
+    clawsup = run_clawsup(program(code, 'forward_signals = ["SIGUSR2"]\n'))
+    clawsup.wait_log("gw | ready")
+    clawsup.signal(signal.SIGUSR2)
+    wait_until(lambda: got.exists() and "SIGUSR2" in got.read_text(), 10)
+
+
+def test_usr1_is_not_forwarded_by_default(run_clawsup, tmp_path: Path) -> None:
+    # Node opens its inspector on USR1: by default only USR2 and WINCH reach the main
+    # program, and nothing reaches the others.
+    got, side_got = tmp_path / "got", tmp_path / "side_got"
+    side = program(SIGNAL_NOTER.format(got=str(side_got)), name="side", main=False)
+    clawsup = run_clawsup(program(SIGNAL_NOTER.format(got=str(got))) + side)
+    clawsup.wait_log("gw | ready")
+    clawsup.wait_log("side | ready")
+    clawsup.signal(signal.SIGUSR1)
+    clawsup.wait_log("got SIGUSR1: no program has it in forward_signals")
+    # USR2 after USR1, from the same sender: once USR2 has arrived, USR1 would have too.
+    clawsup.signal(signal.SIGUSR2)
+    wait_until(lambda: got.exists() and "SIGUSR2" in got.read_text(), 10)
+    clawsup.signal(signal.SIGWINCH)
+    wait_until(lambda: "SIGWINCH" in got.read_text(), 10)
+    assert got.read_text().split() == ["SIGUSR2", "SIGWINCH"]
+    assert not side_got.exists(), "a program that is not main gets nothing by default"
+
+
+def test_forward_signals_accepts_only_the_signals_clawsup_passes_on(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[programs.gw]\ncommand = ["true"]\nmain = true\n'
+                      'forward_signals = ["SIGTERM"]\n')
+    result = subprocess.run([sys.executable, "-m", "clawsup", "check", "-c", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "programs.gw: forward_signals" in result.stderr
+    assert "only SIGUSR1, SIGUSR2 and SIGWINCH" in result.stderr
 
 
 def test_hup_restarts_changed_programs_only_and_keeps_old_config_when_invalid(
@@ -503,10 +560,9 @@ http = "http://127.0.0.1:{port}/"
 period = "200ms"
 timeout = "300ms"
 failures = 2
-initial_delay = "0s"
 """
     clawsup = run_clawsup(program(code) + extra)
-    clawsup.wait_log("gw | serving")
+    wait_state(tmp_path, "RUNNING", 10)
     wedge.touch()
     clawsup.wait_log("liveness probes", timeout=20)
     wedge.unlink()
@@ -537,10 +593,10 @@ tcp = "127.0.0.1:{port}"
 period = "200ms"
 timeout = "300ms"
 failures = 2
-initial_delay = "0s"
 """
     clawsup = run_clawsup(program(TCP_SERVER.format(port=port, closed=str(closed))) + extra)
     clawsup.wait_log("gw | listening")
+    wait_state(tmp_path, "RUNNING", 10)
     closed.touch()
     clawsup.wait_log("gw | closed")
     clawsup.wait_log("liveness probes", timeout=20)
@@ -558,13 +614,154 @@ exec = ["test", "-e", "{healthy}"]
 period = "200ms"
 timeout = "2s"
 failures = 2
-initial_delay = "0s"
 """
     clawsup = run_clawsup(program("import time; print('up', flush=True); time.sleep(600)") + extra)
     clawsup.wait_log("gw | up")
+    wait_state(tmp_path, "RUNNING", 10)
     healthy.unlink()
     clawsup.wait_log("gw | up", count=2, timeout=20)
     assert "test exited with status 1" in clawsup.log()
+
+
+# -- ready means serving ------------------------------------------------------------------
+
+
+def program_status(tmp_path: Path, name: str = "gw") -> ProgramStatus:
+    with Client(f"ipc://{tmp_path}/run/control.sock", timeout=5) as client:
+        return next(p for p in client.status().programs if p.name == name)
+
+
+def wait_state(tmp_path: Path, state: str, timeout: float, name: str = "gw") -> None:
+    def reached() -> bool:
+        try:
+            return program_status(tmp_path, name).state == state
+        except Unreachable:
+            return False  # clawsup is still starting up
+
+    wait_until(reached, timeout, what=f"{name} {state}")
+
+
+def health_exit_code(tmp_path: Path) -> int:
+    ctl = Path(sys.executable).parent / "clawsupctl"
+    return subprocess.run([str(ctl), "--socket", f"ipc://{tmp_path}/run/control.sock",
+                           "health"], capture_output=True, timeout=30).returncode
+
+
+def http_answers(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+SERVES_WHEN = textwrap.dedent("""
+    import http.server, os, time
+    print('spawned', os.getpid(), flush=True)
+    while not os.path.exists({go!r}):
+        time.sleep(0.02)
+    time.sleep({delay})
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.end_headers(); self.wfile.write(b'ok')
+        def log_message(self, *a): pass
+    server = http.server.HTTPServer(('127.0.0.1', {port}), H)
+    print('serving', os.getpid(), flush=True)
+    server.serve_forever()
+""")
+
+
+def probed(port: int, start_timeout: str = "60s") -> str:
+    return f"""
+[programs.gw.liveness]
+http = "http://127.0.0.1:{port}/"
+start_timeout = "{start_timeout}"
+period = "30s"
+timeout = "1s"
+"""
+
+
+def test_with_a_probe_the_program_is_starting_and_unhealthy_until_it_serves(
+    run_clawsup, tmp_path: Path
+) -> None:
+    port, go = _free_port(), tmp_path / "go"
+    code = SERVES_WHEN.format(go=str(go), delay=0, port=port)
+    clawsup = run_clawsup(program(code) + probed(port))
+    clawsup.wait_log("gw | spawned")
+    # Well past start_seconds (100ms), and not serving: still STARTING, and unhealthy.
+    wait_state(tmp_path, "STARTING", 10)
+    wait_until(lambda: (program_status(tmp_path).uptime or 0) > 1.0, 10)
+    assert program_status(tmp_path).state == "STARTING"
+    assert health_exit_code(tmp_path) == 1
+    go.touch()
+    clawsup.wait_log("gw | serving")
+    # Tried at least once a second while STARTING.
+    wait_state(tmp_path, "RUNNING", 1.5)
+    assert program_status(tmp_path).liveness == "passing"
+    assert health_exit_code(tmp_path) == 0
+
+
+def test_no_success_within_start_timeout_is_a_failed_start(run_clawsup, tmp_path: Path) -> None:
+    # Never serves, and ignores SIGTERM: stopped with SIGKILL after stop_timeout, then
+    # restarted with backoff, as a crash while starting would be.
+    code = """
+        import os, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print('spawned', os.getpid(), flush=True)
+        while True: time.sleep(1)
+    """
+    body = program(code, 'stop_timeout = "500ms"\n').replace('stop_timeout = "2s"\n', "")
+    clawsup = run_clawsup(body + probed(_free_port(), start_timeout="1s"))
+    clawsup.wait_log("gw | spawned", count=2, timeout=20)
+    status = program_status(tmp_path)
+    assert status.restarts >= 1
+    assert status.last_exit is not None
+    assert status.last_exit.signal == "SIGKILL"
+    assert status.last_exit.reason.startswith("start_timeout")
+    assert "STARTING -> STOPPING (start_timeout" in clawsup.log()
+    assert "STOPPING -> BACKOFF" in clawsup.log()
+
+
+def test_restart_and_start_answer_once_the_program_serves_again(
+    run_clawsup, tmp_path: Path
+) -> None:
+    port, go = _free_port(), tmp_path / "go"
+    go.touch()
+    code = SERVES_WHEN.format(go=str(go), delay=1.0, port=port)
+    run_clawsup(program(code) + probed(port))
+    wait_state(tmp_path, "RUNNING", 15)
+    with Client(f"ipc://{tmp_path}/run/control.sock", timeout=60) as client:
+        old_pid = client.status().programs[0].pid
+        reply = client.restart("gw")
+        assert reply.state == "RUNNING"
+        assert reply.pid != old_pid
+        assert http_answers(port), "restart answered before the program served"
+        client.stop("gw")
+        assert not http_answers(port)
+        reply = client.start("gw")
+        assert reply.state == "RUNNING"
+        assert http_answers(port), "start answered before the program served"
+
+
+def test_initial_delay_is_accepted_with_a_deprecation_warning(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[programs.gw]\ncommand = ["true"]\nmain = true\n'
+                          '[programs.gw.liveness]\ntcp = "127.0.0.1:1"\n'
+                          'initial_delay = "30s"\n')
+    result = subprocess.run([sys.executable, "-m", "clawsup", "check", "-c", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "programs.gw.liveness.initial_delay is deprecated and has no effect" in result.stderr
+
+
+def test_run_starts_with_initial_delay_and_warns_about_it(run_clawsup) -> None:
+    clawsup = run_clawsup(program("import time; print('up', flush=True); time.sleep(600)")
+                          + '[programs.gw.liveness]\ntcp = "127.0.0.1:1"\n'
+                          'initial_delay = "30s"\n')
+    clawsup.wait_log("gw | up")
+    assert "warning" in clawsup.log()
+    assert "programs.gw.liveness.initial_delay is deprecated and has no effect" in clawsup.log()
 
 
 def test_crash_loop_backs_off_exponentially_then_goes_fatal(run_clawsup) -> None:

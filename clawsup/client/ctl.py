@@ -19,9 +19,10 @@ Shell completion (click's own), e.g. for bash, in ~/.bashrc::
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import click
@@ -32,10 +33,13 @@ if TYPE_CHECKING:
     from clawsup.client import Client
     from clawsup.protocol import IncidentsReply, ProgramReply, SettingReply
 
-# Queries answer at once; start/stop/restart answer when the program got there, which can
-# take a stop_timeout plus a start. Used when --timeout is not given.
+# Queries answer at once; start/stop/restart answer when the program got there: a
+# stop_timeout, then a start that lasts until the gateway serves (up to its liveness
+# start_timeout, 120 s shipped; a cold gateway takes up to 55 s), then the stop of a failed
+# start. The supervisor answers within 180 s with the shipped config. Used when --timeout
+# is not given.
 QUERY_TIMEOUT = DEFAULT_TIMEOUT
-WAIT_TIMEOUT = 120.0
+WAIT_TIMEOUT = 300.0
 HEALTH = "health"
 
 
@@ -148,8 +152,8 @@ def status(options: _Options, as_json: bool) -> None:
 @click.argument("name", required=False)
 @_pass_options
 def start(options: _Options, name: str | None) -> None:
-    """Start NAME (default: the main program); answers once it is RUNNING."""
-    with options.client(waits=True) as client:
+    """Start NAME (default: the main program); answers once it is RUNNING (serving)."""
+    with options.client(waits=True) as client, _still_starting(name):
         _echo_program(client.start(name))
 
 
@@ -167,9 +171,25 @@ def stop(options: _Options, name: str | None) -> None:
 @click.option("--no-wait", is_flag=True, help="Answer at once instead of when RUNNING again.")
 @_pass_options
 def restart(options: _Options, name: str | None, no_wait: bool) -> None:
-    """Restart NAME (default: the main program); answers once it is RUNNING again."""
-    with options.client(waits=not no_wait) as client:
+    """Restart NAME (default: the main program); answers once it is RUNNING (serving)
+    again."""
+    with options.client(waits=not no_wait) as client, _still_starting(name):
         _echo_program(client.restart(name, wait=not no_wait, reason="clawsupctl restart"))
+
+
+@contextlib.contextmanager
+def _still_starting(name: str | None) -> Iterator[None]:
+    """No answer in time to a start: say what that most likely means, not just "cannot
+    reach clawsup" (the command was received and goes on)."""
+    from clawsup.client import Timeout
+
+    try:
+        yield
+    except Timeout as error:
+        raise click.ClickException(
+            f"no answer from clawsup within {error.timeout:g}s: {name or 'the main program'} "
+            "is probably still starting (see `clawsupctl status`; --timeout waits longer)"
+        ) from None
 
 
 @cli.command(name="signal")

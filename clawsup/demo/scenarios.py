@@ -86,7 +86,6 @@ http = {probe_url}
 period = "1s"
 timeout = "1s"
 failures = 2
-initial_delay = "1s"
 
 [janitor]
 sessions = [{sessions}]

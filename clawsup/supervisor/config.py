@@ -23,6 +23,12 @@ DEFAULT_CONFIG_PATH = "/etc/clawsup/clawsup.toml"
 ALERT_EVENT_KINDS = frozenset(EVENT_KINDS)
 
 
+# Signals clawsup receives only to pass on to programs (``forward_signals``).
+FORWARDABLE_SIGNALS = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH})
+# What the main program gets when its config does not say: not USR1 (see forward_signals).
+DEFAULT_MAIN_FORWARDS = frozenset({signal.SIGUSR2, signal.SIGWINCH})
+
+
 class ConfigError(Exception):
     """A config file that cannot be used; the message names file, key and expectation."""
 
@@ -119,7 +125,13 @@ class Liveness(_Section, frozen=True):
     period: Duration = Duration(30.0)
     timeout: Duration = Duration(5.0)
     failures: int = 3
-    initial_delay: Duration = Duration(30.0)
+    # While STARTING the probe is tried often (daemon.py); the first success is what makes
+    # the program RUNNING. None within start_timeout is a failed start.
+    start_timeout: Duration = Duration(120.0)
+    # Deprecated, without effect: probes used to wait this long after RUNNING. The probe
+    # now decides when the program is RUNNING, so there is nothing left to wait for.
+    # Accepted (with a warning, see ``deprecations``) so an old config still starts.
+    initial_delay: Duration | None = None
 
     def __post_init__(self) -> None:
         given = [k for k in ("http", "tcp", "exec") if getattr(self, k) is not None]
@@ -139,6 +151,8 @@ class Liveness(_Section, frozen=True):
             raise ValueError("liveness failures must be >= 1")
         if self.period <= 0 or self.timeout <= 0:
             raise ValueError("liveness period and timeout must be above 0")
+        if self.start_timeout <= 0:
+            raise ValueError("liveness start_timeout must be above 0")
 
 
 class ProgramConfig(_Section, frozen=True):
@@ -158,15 +172,34 @@ class ProgramConfig(_Section, frozen=True):
     crash_loop: CrashLoop = CrashLoop()
     hang: Hang = Hang()
     liveness: Liveness | None = None
+    # Which of the signals clawsup receives and passes on (USR1, USR2, WINCH) go to this
+    # program's process group. None: USR2 and WINCH for the main program, none for the
+    # others. USR1 only when listed: Node opens its inspector (a debugger on
+    # 127.0.0.1:9229, code execution for any local user) on USR1 unless started with
+    # --disable-sigusr1 or once a script handles USR1, as the gateway does only late.
+    forward_signals: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.command or not all(self.command):
             raise ValueError("command must be a non-empty list of non-empty strings")
         _signal_number(self.stop_signal)
+        for name in self.forward_signals or ():
+            if _signal_number(name) not in FORWARDABLE_SIGNALS:
+                raise ValueError(
+                    f"forward_signals: clawsup passes on only SIGUSR1, SIGUSR2 and SIGWINCH, "
+                    f"got {name!r} (TERM, INT, QUIT and HUP are its own: stop and reload)"
+                )
 
     @property
     def stop_signal_number(self) -> int:
         return _signal_number(self.stop_signal)
+
+    @property
+    def forwarded_signals(self) -> frozenset[int]:
+        """The signal numbers passed on to this program when clawsup receives them."""
+        if self.forward_signals is None:
+            return DEFAULT_MAIN_FORWARDS if self.main else frozenset()
+        return frozenset(_signal_number(name) for name in self.forward_signals)
 
 
 class JanitorConfig(_Section, frozen=True):
@@ -176,7 +209,9 @@ class JanitorConfig(_Section, frozen=True):
     interval: Duration = Duration(5.0)
     max_session_size: Size = Size(10 << 20)
     lock_max_age: Duration = Duration(300.0)
-    message_timeout: Duration = Duration(600.0)
+    # None: the gateway's own turn timeout plus a margin (message_timeout.py), so a stuck
+    # message is acted on only after the gateway had its chance to end the turn itself.
+    message_timeout: Duration | None = None
     archive_retention: Duration = Duration(7 * 86400.0)
     restart_flag: str | None = "~/.clawdbot/restart.flag"
     ops_requests: str | None = "~/.clawdbot/ops-requests"
@@ -315,6 +350,20 @@ class Config(_Section, frozen=True):
     @property
     def main_program(self) -> str:
         return next(name for name, program in self.programs.items() if program.main)
+
+
+def deprecations(config: Config) -> list[str]:
+    """Keys that are accepted but do nothing any more, each with why (for run and check)."""
+    found = []
+    for name, program in config.programs.items():
+        if program.liveness is not None and program.liveness.initial_delay is not None:
+            found.append(
+                f"programs.{name}.liveness.initial_delay is deprecated and has no effect: "
+                f"{name} is STARTING until its first liveness probe passes (at most "
+                f"liveness.start_timeout, {program.liveness.start_timeout:g}s), so there is "
+                "no start-up left for probes to wait out; remove the key"
+            )
+    return found
 
 
 def _dec_hook(kind: type, value: Any) -> Any:

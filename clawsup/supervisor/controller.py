@@ -48,7 +48,7 @@ from clawsup.protocol import (
 from clawsup.protocol import HealthReply as HealthReplyType
 from clawsup.supervisor import settings
 from clawsup.supervisor.breaker import Decision, ModelBreaker
-from clawsup.supervisor.config import Config, _signal_number, expand_path
+from clawsup.supervisor.config import Config, ProgramConfig, _signal_number, expand_path
 from clawsup.supervisor.daemon import Supervisor
 from clawsup.supervisor.incidents import IncidentLog
 from clawsup.supervisor.opsfiles import (
@@ -66,8 +66,17 @@ log = logging.getLogger("clawsup")
 
 _SETTLED = (State.RUNNING, State.BACKOFF, State.FATAL, State.EXITED, State.STOPPED)
 # How long `restart`/`start` wait beyond the program's own timeouts before answering
-# with the state it is in.
+# with the state it is in. clawsupctl's own wait (WAIT_TIMEOUT in client/ctl.py) covers
+# the shipped config's restart: 10 + 5 + (120 + 10 + 5) + 30 = 180 s.
 _WAIT_MARGIN = 30.0
+
+
+def _start_settles_within(config: ProgramConfig) -> float:
+    """The longest a start can leave a program unsettled: start_seconds, or with a
+    liveness probe start_timeout and then the stop of that failed start."""
+    if config.liveness is None:
+        return config.start_seconds
+    return config.liveness.start_timeout + config.stop_timeout + KILL_TIMEOUT
 
 
 class Controller:
@@ -219,9 +228,9 @@ class Controller:
         if wait:
             await self.supervisor.wait_for(
                 lambda: program.state in _SETTLED,
-                program.config.start_seconds + _WAIT_MARGIN,
+                _start_settles_within(program.config) + _WAIT_MARGIN,
             )
-        return self._program_reply(program, "start")
+        return self._program_reply(program, "start", waited=wait)
 
     async def _stop(self, name: str | None, wait: bool) -> Reply:
         program = self._program(name)
@@ -257,18 +266,24 @@ class Controller:
                 return program.pid != old_pid
             return program.state in _SETTLED or program.unkillable
 
-        timeout = (program.config.stop_timeout + KILL_TIMEOUT + program.config.start_seconds
-                   + _WAIT_MARGIN)
+        timeout = (program.config.stop_timeout + KILL_TIMEOUT
+                   + _start_settles_within(program.config) + _WAIT_MARGIN)
         await self.supervisor.wait_for(settled, timeout)
-        return self._program_reply(program, "restart")
+        return self._program_reply(program, "restart", waited=True)
 
-    def _program_reply(self, program: Program, what: str) -> Reply:
+    def _program_reply(self, program: Program, what: str, *, waited: bool) -> Reply:
         if program.state is State.RUNNING:
             return ProgramReply(program=program.name, state="RUNNING", pid=program.pid,
                                 message=f"{program.name} is RUNNING (pid {program.pid})")
-        if program.state is State.STARTING:
+        if program.state is State.STARTING and not waited:
             return ProgramReply(program=program.name, state="STARTING", pid=program.pid,
                                 message=f"{program.name} is STARTING")
+        if program.state in (State.STARTING, State.STOPPING) and not program.unkillable:
+            # Only when a timer of its own is late (an overloaded host): not a failure yet.
+            return error_reply(
+                FAILED, f"{what} of {program.name} did not finish in time: it is still "
+                f"{program.state.value}; `clawsupctl status` shows when it is RUNNING"
+            )
         why = program.last_exit.describe() if program.last_exit else program.state.value
         if program.unkillable:
             why = "the old process is still present after SIGKILL"

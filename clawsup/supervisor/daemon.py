@@ -25,7 +25,13 @@ import msgspec
 
 from clawsup.protocol import Event, HealthReply, LivenessState, ProgramStatus
 from clawsup.supervisor import hang, procinfo
-from clawsup.supervisor.config import Config, ConfigError, ProgramConfig, load_config
+from clawsup.supervisor.config import (
+    Config,
+    ConfigError,
+    Liveness,
+    ProgramConfig,
+    load_config,
+)
 from clawsup.supervisor.kinds import EVENT_KINDS, ROUTINE_KINDS
 from clawsup.supervisor.probes import http_probe, tcp_probe
 from clawsup.supervisor.program import Program, SpawnError, State, TimerHandle
@@ -40,6 +46,20 @@ PR_SET_CHILD_SUBREAPER = 36
 MAX_LINE = 64 * 1024
 
 EventSink = Callable[[Event], None]
+
+
+# While STARTING, how often the liveness probe is tried (§8: at least once a second).
+# A refused connection costs next to nothing, and each tenth of a second saved is a tenth
+# the gateway is not counted as serving; an exec probe starts a process (the gateway's
+# own health CLI takes 240 MB), so once a second.
+READY_PROBE_INTERVAL = 0.1
+READY_EXEC_PROBE_INTERVAL = 1.0
+
+
+def _starting_interval(settings: Liveness) -> float:
+    return READY_EXEC_PROBE_INTERVAL if settings.exec is not None else READY_PROBE_INTERVAL
+
+
 def _done_stopping(program: Program) -> bool:
     """Stopped, or stuck in the kernel: either way shutdown cannot wait for it longer."""
     return program.state is not State.STOPPING or program.unkillable
@@ -219,7 +239,7 @@ class Supervisor:
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
-            loop.add_signal_handler(signum, self._forward_to_main, signum)
+            loop.add_signal_handler(signum, self._forward, signum)
 
     def _remove_signal_handlers(self) -> None:
         assert self._loop is not None
@@ -246,14 +266,27 @@ class Supervisor:
         if error:
             log.error("%s", error)
 
-    def _forward_to_main(self, signum: int) -> None:
-        pid = self.main.pid
-        if pid is None:
-            log.warning("not forwarding %s: %s is not running", signal.Signals(signum).name,
-                        self.main.name)
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+    def _forward(self, signum: int) -> None:
+        """USR1/USR2/WINCH received: pass it on to the process group of every program
+        whose ``forward_signals`` lists it (config.py: USR1 only when asked for)."""
+        name = signal.Signals(signum).name
+        targets = [p for p in self.programs.values() if signum in p.config.forwarded_signals]
+        if not targets:
+            log.info("got %s: no program has it in forward_signals, not passed on", name)
+        for program in targets:
+            pid = program.pid
+            if pid is None:
+                log.warning("not forwarding %s: %s is %s", name, program.name,
+                            program.state.value)
+                continue
+            try:
+                # process_group=0 at spawn: the group id is the leader's pid.
+                os.killpg(pid, signum)
+            except ProcessLookupError:
+                log.debug("process group %d of %s already gone", pid, program.name)
+            except PermissionError as error:
+                log.error("cannot forward %s to %s (pid %d): %s", name, program.name, pid,
+                          error)
 
     # -- the reaper ---------------------------------------------------------------------------
 
@@ -388,11 +421,17 @@ class Supervisor:
             return True
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
-        self._state_waiters.append((predicate, future))
+        waiter = (predicate, future)
+        self._state_waiters.append(waiter)
         try:
             await asyncio.wait_for(future, timeout)
         except TimeoutError:
             return False
+        finally:
+            # A waiter that timed out would otherwise stay listed until the next change
+            # of state: the liveness loop waits a period at a time, for days.
+            with contextlib.suppress(ValueError):
+                self._state_waiters.remove(waiter)
         return True
 
     # -- output ------------------------------------------------------------------------------
@@ -552,31 +591,59 @@ class Supervisor:
     # -- liveness -----------------------------------------------------------------------------
 
     async def _liveness_loop(self, program: Program, watch: _Watch) -> None:
+        """Ready, then alive: while STARTING the probe runs every ``_starting_interval``
+        until it first passes (then RUNNING, program.py); while RUNNING every ``period``,
+        and ``failures`` failures in a row restart it. Asleep in every other state."""
         settings = program.config.liveness
         assert settings is not None
         while True:
-            await asyncio.sleep(min(settings.period, 1.0) if program.state is not State.RUNNING
-                                or (program.uptime() or 0) < settings.initial_delay
-                                else settings.period)
-            uptime = program.uptime()
-            if program.state is not State.RUNNING or uptime is None:
-                continue
-            if uptime < settings.initial_delay:
-                continue
-            ok, detail = await self.probe(program)
-            if not program.running:
-                continue  # it died or was restarted while we probed
-            watch.liveness = hang.record_probe(watch.liveness, ok)
-            if not ok:
-                log.warning("liveness probe of %s failed (%d/%d): %s", program.name,
-                            watch.liveness.consecutive_failures, settings.failures, detail)
-            if hang.liveness_failed(watch.liveness, settings.failures):
-                self.emit("liveness_failed", program.name,
-                          f"{program.name} failed {settings.failures} liveness probes "
-                          f"({detail}), restarting",
-                          {"detail": detail, "reason": "liveness"})
-                watch.liveness = hang.Liveness()
-                program.restart("liveness")
+            if program.state is State.STARTING:
+                await self._probe_until_ready(program, watch)
+            elif program.state is State.RUNNING:
+                # Woken early when it leaves RUNNING: a restart must not wait a period
+                # before its readiness probes begin.
+                if not await self.wait_for(lambda: not program.running, settings.period):
+                    await self._probe_running(program, watch)
+            else:
+                await self.wait_for(lambda: program.state is State.STARTING, None)
+
+    async def _probe_until_ready(self, program: Program, watch: _Watch) -> None:
+        settings = program.config.liveness
+        assert settings is not None
+        pid = program.pid
+        interval = _starting_interval(settings)
+        began = self.clock.monotonic()
+        ok, detail = await self.probe(program)
+        if program.state is not State.STARTING or program.pid != pid:
+            return  # it died, was stopped or timed out while we probed
+        if ok:
+            watch.liveness = hang.record_probe(hang.Liveness(), True)
+            program.ready(detail)
+            return
+        log.debug("readiness probe of %s: %s", program.name, detail)
+        await self.wait_for(
+            lambda: program.state is not State.STARTING or program.pid != pid,
+            max(0.0, interval - (self.clock.monotonic() - began)),
+        )
+
+    async def _probe_running(self, program: Program, watch: _Watch) -> None:
+        settings = program.config.liveness
+        assert settings is not None
+        pid = program.pid
+        ok, detail = await self.probe(program)
+        if not program.running or program.pid != pid:
+            return  # it died or was restarted while we probed
+        watch.liveness = hang.record_probe(watch.liveness, ok)
+        if not ok:
+            log.warning("liveness probe of %s failed (%d/%d): %s", program.name,
+                        watch.liveness.consecutive_failures, settings.failures, detail)
+        if hang.liveness_failed(watch.liveness, settings.failures):
+            self.emit("liveness_failed", program.name,
+                      f"{program.name} failed {settings.failures} liveness probes "
+                      f"({detail}), restarting",
+                      {"detail": detail, "reason": "liveness"})
+            watch.liveness = hang.Liveness()
+            program.restart("liveness")
 
     async def probe(self, program: Program) -> tuple[bool, str]:
         settings = program.config.liveness

@@ -89,6 +89,7 @@ from clawsup.supervisor.locks import (
     probe_owner,
     stuck_report_due,
 )
+from clawsup.supervisor.message_timeout import GATEWAY_TURN_TIMEOUT, MARGIN
 from clawsup.units import format_duration
 
 log = logging.getLogger("clawsup.janitor")
@@ -443,8 +444,16 @@ class Janitor:
         clock: Callable[[], float] = time.time,
         *,
         use_inotify: bool = True,
+        message_timeout: float | None = None,
     ) -> None:
         self._config = config
+        # The value in force (message_timeout.py works it out from the gateway's config
+        # and sets it again when that changes); the explicit one, else the default.
+        self.message_timeout = (
+            message_timeout if message_timeout is not None
+            else config.message_timeout if config.message_timeout is not None
+            else GATEWAY_TURN_TIMEOUT + MARGIN
+        )
         self._clock = clock
         self._patterns = [str(expand_path(pattern)) for pattern in config.sessions]
         self._roots: dict[str, str] = {}  # pattern -> realpath of its fixed prefix, pinned
@@ -989,7 +998,7 @@ class Janitor:
                 key = (directory.key, name, content.pid, lock_birth(content, mtime, now))
                 live_keys.add(key)
                 if report_stuck and stuck_report_due(
-                    verdict.age, self._config.message_timeout, self._stuck_reported.get(key), now
+                    verdict.age, self.message_timeout, self._stuck_reported.get(key), now
                 ):
                     self._stuck_reported[key] = now
                     stuck = StuckMessage(

@@ -33,6 +33,11 @@ from clawsup.supervisor.config import ProgramConfig
 # stuck in the kernel (D state on a dead NFS mount, a FUSE server that never answers...).
 KILL_TIMEOUT = 5.0
 
+# Restart reasons that are failures of the program, not requests: on exit they count
+# toward backoff and the crash-loop budget like a crash.
+HUNG = "hung"
+START_TIMEOUT = "start_timeout"
+
 
 class State(enum.Enum):
     STOPPED = "STOPPED"
@@ -56,6 +61,8 @@ class Trigger(enum.Enum):
     STOP_TIMEOUT = "stop_timeout"  # stop signal sent stop_timeout ago and still alive
     KILL_TIMEOUT = "kill_timeout"  # SIGKILL sent KILL_TIMEOUT ago and still alive
     COOLDOWN_ELAPSED = "cooldown_elapsed"  # crash-loop FATAL is over: one trial start
+    READY = "ready"  # its liveness probe passed for the first time since the spawn
+    START_TIMEOUT = "start_timeout"  # no probe passed within liveness.start_timeout
 
 
 S, T = State, Trigger
@@ -84,6 +91,8 @@ TRANSITIONS: dict[tuple[State, Trigger], frozenset[State]] = {
     (S.STARTING, T.HUNG): frozenset({S.STOPPING}),
     (S.RUNNING, T.HUNG): frozenset({S.STOPPING}),
     (S.STARTING, T.START_SECONDS_ELAPSED): frozenset({S.RUNNING}),
+    (S.STARTING, T.READY): frozenset({S.RUNNING}),
+    (S.STARTING, T.START_TIMEOUT): frozenset({S.STOPPING}),
     (S.STARTING, T.EXITED): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
     (S.RUNNING, T.EXITED): frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.FATAL, S.EXITED}),
     (S.STOPPING, T.EXITED): frozenset(
@@ -287,7 +296,7 @@ class Program:
         if (self.state, T.HUNG) not in TRANSITIONS:
             return
         self.hung = True
-        self._restart_reason = "hung"
+        self._restart_reason = HUNG
         self._stop_reason = f"hung ({description})"
         self.effects.kill(self, signal.SIGKILL)
         self._transition(State.STOPPING, T.HUNG, f"hung ({description}), sent SIGKILL")
@@ -322,18 +331,27 @@ class Program:
             if was_unkillable:
                 reason += "; finally exited after being unkillable"
             self.last_exit = LastExit(code=code, signal=signame, reason=reason, at=self.clock.time())
-            self._publish_exit(run.pid, restart=self._restart_reason is not None)
+            # A failed start stays down where a crash would (autorestart = "never").
+            stays_down = (self._restart_reason == START_TIMEOUT
+                          and self.config.autorestart == "never")
+            self._publish_exit(run.pid, restart=self._restart_reason is not None and not stays_down)
             if self._restart_reason is None:
                 self._transition(State.STOPPED, T.EXITED, f"stopped ({self.last_exit.describe()})")
                 return
             restart_reason, self._restart_reason = self._restart_reason, None
             self._start_reason = restart_reason
-            if restart_reason == "hung":
+            if stays_down:
+                self._transition(State.EXITED, T.EXITED, f"{reason}; autorestart is never")
+            elif restart_reason == HUNG:
                 # A hang is a failure: it counts toward the crash-loop budget.
                 self._quick_failures = next_quick_failures(
                     self._quick_failures, run_seconds, self.config.backoff.reset_after
                 )
-                self._after_failure(T.EXITED, run_seconds, "hung")  # counts the restart
+                self._after_failure(T.EXITED, run_seconds, HUNG)  # counts the restart
+            elif restart_reason == START_TIMEOUT:
+                # It never served: a quick failure however long the wait was.
+                self._quick_failures += 1
+                self._after_failure(T.EXITED, run_seconds, START_TIMEOUT)
             else:
                 self.restarts += 1
                 self._spawn(T.EXITED)
@@ -348,13 +366,22 @@ class Program:
         if stays_down:
             self._transition(State.EXITED, T.EXITED, self.last_exit.describe())
             return
-        self._quick_failures = next_quick_failures(
-            self._quick_failures, run_seconds, self.config.backoff.reset_after
-        )
         if self.state is State.STARTING:
-            # Died before start_seconds: never a healthy run, whatever reset_after says.
-            self._quick_failures = max(self._quick_failures, 1)
+            # Died before start_seconds or before its probe first passed: never a healthy
+            # run, whatever reset_after says (a cold gateway is STARTING for up to a minute).
+            self._quick_failures += 1
+        else:
+            self._quick_failures = next_quick_failures(
+                self._quick_failures, run_seconds, self.config.backoff.reset_after
+            )
         self._after_failure(T.EXITED, run_seconds, reason)
+
+    def ready(self, detail: str = "liveness probe passed") -> None:
+        """Its liveness probe passed for the first time since the spawn: it serves."""
+        if self._run is None or (self.state, T.READY) not in TRANSITIONS:
+            return
+        self._cancel_timer()
+        self._running(T.READY, f"serving: {detail}")
 
     def spawn_failed(self, error: str) -> None:
         """exec failed: there is no process. Only meaningful while STARTING without one."""
@@ -383,6 +410,15 @@ class Program:
             self._crash_loop_trial = True
             self._restart_times.clear()
             self._spawn(trigger)
+        elif trigger is T.START_TIMEOUT:
+            # Stopped as any stop is (stop signal, SIGKILL after stop_timeout); its exit
+            # then counts as a failed start (_handle_exit).
+            why = (f"start_timeout: not serving {self.config.liveness.start_timeout:g}s after "
+                   "the spawn (no liveness probe passed)" if self.config.liveness is not None
+                   else "start_timeout")
+            self._restart_reason = START_TIMEOUT
+            self._stop_reason = why
+            self._send_stop_signal(trigger, why)
         elif trigger is T.STOP_TIMEOUT:
             self._kill_group(
                 trigger, f"did not stop within {self.config.stop_timeout:g}s, sent SIGKILL"
@@ -459,20 +495,24 @@ class Program:
                 self, "restarted", f"{self.name} restarted as pid {pid} ({self._start_reason})",
                 {"pid": pid, "reason": self._start_reason},
             )
-        if self.config.start_seconds <= 0:
-            self._transition(State.STARTING, trigger, f"spawned pid {pid} ({self._start_reason})")
-            self._running(T.START_SECONDS_ELAPSED)
-            return
         self._transition(State.STARTING, trigger, f"spawned pid {pid} ({self._start_reason})")
-        self._set_timer(self.config.start_seconds, T.START_SECONDS_ELAPSED)
+        liveness = self.config.liveness
+        if liveness is not None:
+            # Ready means serving: RUNNING comes with the first passing probe (ready());
+            # start_seconds plays no part.
+            self._set_timer(liveness.start_timeout, T.START_TIMEOUT)
+        elif self.config.start_seconds <= 0:
+            self._running(T.START_SECONDS_ELAPSED)
+        else:
+            self._set_timer(self.config.start_seconds, T.START_SECONDS_ELAPSED)
 
-    def _running(self, trigger: Trigger) -> None:
+    def _running(self, trigger: Trigger, reason: str = "up") -> None:
         if self._crash_loop_trial:
             # The trial start after a crash-loop cooldown survived: the breaker closes.
             self._crash_loop_trial = False
             self._restart_times.clear()
             self._quick_failures = 0
-        self._transition(State.RUNNING, trigger, "up")
+        self._transition(State.RUNNING, trigger, reason)
 
     def _send_stop_signal(self, trigger: Trigger, reason: str) -> None:
         self._cancel_timer()

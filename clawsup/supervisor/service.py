@@ -25,6 +25,7 @@ from clawsup.supervisor.daemon import ComponentError, Supervisor
 from clawsup.supervisor.filewatch import FileWatch
 from clawsup.supervisor.incidents import IncidentLog
 from clawsup.supervisor.janitor import Janitor, SweepReport
+from clawsup.supervisor.message_timeout import MessageTimeoutWatch
 from clawsup.supervisor.program import Program, State
 from clawsup.supervisor.sdnotify import Notifier
 
@@ -93,6 +94,7 @@ class Service:
         self._timers: list[_Every] = []
         self._janitor_tick_timer: _Every | None = None
         self.files: FileWatch | None = None
+        self._message_timeout = MessageTimeoutWatch()
         self._look_timer: asyncio.TimerHandle | None = None
         self._ready_sent = False
 
@@ -173,6 +175,7 @@ class Service:
     def _open_janitor(self, config: JanitorConfig) -> None:
         loop = asyncio.get_running_loop()
         self.janitor = Janitor(config)
+        self._refresh_message_timeout(force=True)
         fd = self.janitor.fileno()
         if fd is not None:
             loop.add_reader(fd, self._janitor_events)
@@ -183,6 +186,20 @@ class Service:
         fd = self.files.fileno()
         if fd is not None:
             loop.add_reader(fd, self._file_events)
+
+    def _refresh_message_timeout(self, *, force: bool = False) -> None:
+        """The explicit message_timeout, else the gateway's turn timeout + a margin, read
+        again when the gateway's config changed: at start, on reload, before each sweep."""
+        changed = self._message_timeout.refresh(self.config.janitor, self.config.gateway_config)
+        current = self._message_timeout.current
+        assert current is not None
+        if changed is not None:
+            if current.problem is not None:
+                log.warning("%s; %s", current.problem, current.describe())
+            else:
+                log.info("%s", current.describe())
+        if (changed is not None or force) and self.janitor is not None:
+            self.janitor.message_timeout = current.seconds
 
     def _close_janitor(self) -> None:
         loop = asyncio.get_running_loop()
@@ -206,6 +223,8 @@ class Service:
             self._open_janitor(new.janitor)
             if self._janitor_tick_timer is not None:
                 self._janitor_tick_timer.no_later_than(asyncio.get_running_loop().time())
+        else:
+            self._refresh_message_timeout()
 
     async def close(self) -> None:
         for timer in self._timers:
@@ -237,6 +256,7 @@ class Service:
 
     def _janitor_tick(self) -> None:
         if self.janitor is not None:
+            self._refresh_message_timeout()
             self._handle(self.janitor.sweep(self.owners()))
         self._poll_files()
 

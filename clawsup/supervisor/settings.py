@@ -325,12 +325,18 @@ def _parse(path: Path, raw: bytes | None) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise SettingError(f"gateway config {path} is not UTF-8 text: {error}") from None
-    import json5
-
     try:
-        doc = json5.loads(text)
-    except (ValueError, RecursionError) as error:
-        raise SettingError(f"gateway config {path} is not valid JSON5: {error}") from None
+        # Plain JSON first, as `clawdbot config set` writes it: json is loaded anyway,
+        # and json5 (with unicodedata) would cost PID 1 memory for good at start-up,
+        # where the turn timeout is read (message_timeout.py). JSON is JSON5.
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        import json5
+
+        try:
+            doc = json5.loads(text)
+        except (ValueError, RecursionError) as error:
+            raise SettingError(f"gateway config {path} is not valid JSON5: {error}") from None
     if not isinstance(doc, dict):
         raise SettingError(f"gateway config {path} must hold an object, not {type(doc).__name__}")
     return doc
