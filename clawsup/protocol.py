@@ -167,6 +167,7 @@ class ProgramStatus(msgspec.Struct, frozen=True, kw_only=True):
     liveness: LivenessState = "off"
     next_start_in: float | None = None
     description: str = ""
+    processes: int = 0  # live processes of its whole tree (0 in old supervisors' replies)
 
 
 class StatusReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -124,6 +124,7 @@ PROGRAM_STATUS = {
     "liveness": (_literal("unknown", "passing", "failing", "off"), "off"),
     "next_start_in": (_optional(_float), None),
     "description": (_str, ""),
+    "processes": (_int, 0),
 }
 STATUS_REPLY = {
     "ok": (_literal(True), _REQUIRED),  # the struct defaults it, but the client demands it
