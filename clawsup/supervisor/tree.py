@@ -296,6 +296,9 @@ class _Registry:
         yield
 
     def started(self, program: str, pid: int) -> None:
+        # A new run starts once the last run's tree is gone: forget that one (in cgroup
+        # mode nothing else would, and a crash loop would grow this for good).
+        self.owners = {key: owner for key, owner in self.owners.items() if owner != program}
         self.groups[program] = {pid}  # process_group=0 at spawn: its pgid is its pid
         self.seen(program, [pid])
 
@@ -387,6 +390,16 @@ def _send_checked(pid: int, start: int, signum: int) -> None:
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
+        return
+    except OSError as error:
+        if error.errno != errno.ENOSYS:
+            raise
+        # Linux < 5.3: no pidfds. Check, then kill: the pid would have to be reused in
+        # the microseconds between the two.
+        stat = _stat(pid)
+        if stat is not None and stat.start == start:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
         return
     try:
         stat = _stat(pid)
