@@ -39,7 +39,6 @@ import errno
 import logging
 import os
 import re
-import secrets
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -170,22 +169,25 @@ class _Cgroups:
         home = find_own_cgroup()
         if home is None:
             return "no cgroup v2 mounted"
-        base = home / f"clawsup-{os.getpid()}-{secrets.token_hex(3)}"
+        base = home / f"clawsup-{os.getpid()}-{os.urandom(3).hex()}"
         try:
             base.mkdir()
         except OSError as error:
             return f"cannot create {base}: {error.strerror}"
         # Moving clawsup in and out is what every spawn will do: try it once now, so a
         # cgroup we may create but not move into is found before a program depends on it.
+        # Then remove it again: it is made at the first spawn, so a clawsup that never
+        # spawns (a component failed to start) leaves nothing behind.
         try:
             _write(base / "cgroup.procs", "0")
             _write(home / "cgroup.procs", "0")
         except OSError as error:
             with contextlib.suppress(OSError):
                 _write(home / "cgroup.procs", "0")
+            return f"cannot move a process into {base}: {error.strerror}"
+        finally:
             with contextlib.suppress(OSError):
                 base.rmdir()
-            return f"cannot move a process into {base}: {error.strerror}"
         return cls(home, base)
 
     def _dir(self, program: str) -> Path:
@@ -203,7 +205,7 @@ class _Cgroups:
         thread forks, so nothing else is born there meanwhile.
         """
         directory = self._dir(program)
-        directory.mkdir(exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
         _write(directory / "cgroup.procs", "0")
         try:
             yield
