@@ -391,3 +391,97 @@ def test_signal_reaches_the_program_process_group(tmp_path: Path) -> None:
                    what="USR1 at the leader and the child in its group")
     finally:
         clawsup.stop()
+
+
+def _cgroup2_mount() -> str:
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            before, _, after = line.partition(" - ")
+            if after.split()[0] == "cgroup2":
+                return before.split()[4]
+    pytest.skip("no cgroup2 mounted")
+
+
+def _read_only_cgroups(mount: str) -> Callable[[], None]:
+    """A preexec_fn: a mount namespace of its own where ``mount`` is read-only, as in a
+    default Docker container (a bind remount: the host's mount is not touched)."""
+    import ctypes
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        clone_newns, ms_rdonly, ms_remount, ms_bind, ms_rec, ms_private = (
+            0x20000, 1, 32, 4096, 16384, 1 << 18)
+        if libc.unshare(clone_newns) != 0:
+            raise OSError(ctypes.get_errno(), "unshare")
+        if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
+            raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+        if libc.mount(None, mount.encode(), None, ms_remount | ms_bind | ms_rdonly, None) != 0:
+            raise OSError(ctypes.get_errno(), "remount read-only")
+
+    return preexec
+
+
+def test_without_a_writable_cgroup2_the_tree_is_kept_through_proc(tmp_path: Path) -> None:
+    mount = _cgroup2_mount()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (tmp_path / "kid.py").write_text(KID)
+    (tmp_path / "program.py").write_text(PROGRAM)
+    command = [sys.executable, str(tmp_path / "program.py"), str(tmp_path / "kid.py"),
+               str(notes), "wait"]
+    body = textwrap.dedent(f"""
+        [programs.gw]
+        command = {json.dumps(command)}
+        main = true
+        start_seconds = "0s"
+        stop_timeout = "1s"
+        """)
+    config = write_config(tmp_path, body, supervisor='cgroups = "auto"')
+    clawsup = Clawsup(config, tmp_path / "clawsup.log", preexec=_read_only_cgroups(mount))
+    try:
+        text = clawsup.wait_log("gw | ready")
+        # Not an error: the fallback is said once, at info.
+        assert "process trees: tracked through /proc (cannot create" in text
+        assert "Read-only file system" in text
+        assert " ERROR " not in text
+
+        def started() -> list[int]:
+            found = [int(n.split("-")[2]) for n in os.listdir(notes) if n.startswith("pid-")]
+            return found if len(found) == 4 else []
+
+        pids = wait_until(started, 20, what="the four children")
+        assert all("clawsup-" not in cgroup_of(pid) for pid in pids)
+        clawsup.signal(signal.SIGTERM)
+        assert clawsup.wait(30) == 128 + signal.SIGTERM  # gw, the main program, got it
+        assert all_gone(pids)
+        assert len([n for n in os.listdir(notes) if n.startswith("term-")]) == 4
+    finally:
+        clawsup.stop()
+
+
+def test_shutdown_ends_a_process_no_walk_could_attribute(tmp_path: Path) -> None:
+    # Registry mode, the one case it cannot attribute: an empty environment and a session
+    # of its own, re-parented before any walk saw it. Shutdown still ends it, gracefully.
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (tmp_path / "kid.py").write_text(KID)
+    script = (f"env -i setsid -f {sys.executable} {tmp_path / 'kid.py'} stray {notes}; "
+              "exec sleep 1000")
+    body = textwrap.dedent(f"""
+        [programs.gw]
+        command = {json.dumps(["sh", "-c", script])}
+        main = true
+        start_seconds = "0s"
+        stop_timeout = "1s"
+        """)
+    clawsup = Clawsup(write_config(tmp_path, body, supervisor='cgroups = "off"'),
+                      tmp_path / "clawsup.log")
+    try:
+        stray = wait_until(lambda: [int(n.split("-")[2]) for n in os.listdir(notes)
+                                    if n.startswith("pid-")], 20, what="the stray child")
+        clawsup.signal(signal.SIGTERM)
+        assert clawsup.wait(30) == 128 + signal.SIGTERM
+        assert all_gone(stray)
+        assert [n for n in os.listdir(notes) if n.startswith("term-")] == [f"term-stray-{stray[0]}"]
+    finally:
+        clawsup.stop()
