@@ -158,10 +158,10 @@ class _Cgroups:
 
     mode = "cgroup"
 
-    def __init__(self, home: Path, base: Path) -> None:
+    def __init__(self, home: Path, base: Path, can_kill: bool) -> None:
         self.home = home  # clawsup's own cgroup, where it lives between spawns
         self.base = base
-        self._can_kill = (base / "cgroup.kill").exists()  # Linux >= 5.14
+        self._can_kill = can_kill  # cgroup.kill: Linux >= 5.14
 
     @classmethod
     def create(cls) -> _Cgroups | str:
@@ -178,6 +178,7 @@ class _Cgroups:
         # cgroup we may create but not move into is found before a program depends on it.
         # Then remove it again: it is made at the first spawn, so a clawsup that never
         # spawns (a component failed to start) leaves nothing behind.
+        can_kill = (base / "cgroup.kill").exists()  # not in a root cgroup: ask a new one
         try:
             _write(base / "cgroup.procs", "0")
             _write(home / "cgroup.procs", "0")
@@ -188,7 +189,7 @@ class _Cgroups:
         finally:
             with contextlib.suppress(OSError):
                 base.rmdir()
-        return cls(home, base)
+        return cls(home, base, can_kill)
 
     def _dir(self, program: str) -> Path:
         return self.base / _dir_name(program)
