@@ -433,7 +433,7 @@ class _Backend(Protocol):
 
 @dataclass
 class _Ending:
-    """A program whose own process exited while members of its tree remain."""
+    """A program whose own process exited, until the rest of its tree has."""
 
     done: Callable[[], None]
     timers: list[TimerHandle]
