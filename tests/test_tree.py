@@ -198,6 +198,12 @@ def test_status_counts_every_process_of_the_tree(tree, mode: str) -> None:
                what=f"5 processes in status, got {t.status()}")
     assert all(alive(pid) for pid in flat(kids))
     assert t.client.status().programs[0].processes == 1  # keeper: just itself
+    printed = subprocess.run(
+        [sys.executable, "-m", "clawsup.client.ctl", "--socket", t.endpoint, "status", "--json"],
+        capture_output=True, text=True, timeout=30, cwd=REPO, check=True,
+    ).stdout
+    assert {p["name"]: p["processes"] for p in json.loads(printed)["programs"]} == {
+        "keeper": 1, "gw": 5}
 
 
 def test_with_cgroups_each_program_has_a_cgroup_of_its_own(tree) -> None:
