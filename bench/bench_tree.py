@@ -192,12 +192,17 @@ redirect_stderr = true
         self._log = open(directory / "output.log", "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        if kind.startswith("clawsup"):
-            self.client = Client(f"ipc://{directory}/run/control.sock", timeout=30)
-            wait_until((directory / "run" / "control.sock").exists, 20,
-                       f"{kind}'s control socket")
-        else:
-            wait_until(self._rpc_up, 20, "supervisord's socket")
+        self.client: Client | None = None
+        try:
+            if kind.startswith("clawsup"):
+                self.client = Client(f"ipc://{directory}/run/control.sock", timeout=30)
+                wait_until((directory / "run" / "control.sock").exists, 20,
+                           f"{kind}'s control socket")
+            else:
+                wait_until(self._rpc_up, 20, "supervisord's socket")
+        except BaseException:
+            self.close()  # never leave a supervisor running behind a failed start
+            raise
 
     def _rpc_up(self) -> bool:
         from supervisor.xmlrpc import SupervisorTransport
@@ -211,13 +216,13 @@ redirect_stderr = true
             return False
 
     def start(self) -> None:
-        if self.kind.startswith("clawsup"):
+        if self.client is not None:
             self.client.start("tree")
         else:
             self.rpc.supervisor.startProcess("tree", True)
 
     def stop(self) -> None:
-        if self.kind.startswith("clawsup"):
+        if self.client is not None:
             reply = self.client.stop("tree")
             if reply.state != "STOPPED":
                 raise BenchError(f"{self.kind}: tree is {reply.state} after stop")
@@ -225,7 +230,7 @@ redirect_stderr = true
             self.rpc.supervisor.stopProcess("tree", True)
 
     def close(self) -> None:
-        if self.kind.startswith("clawsup"):
+        if self.client is not None:
             self.client.close()
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)

@@ -11,6 +11,7 @@ Every behaviour runs in both ways clawsup keeps a tree: a cgroup v2 per program
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -117,6 +118,7 @@ class Tree:
             backoff = {{ initial = "100ms", factor = 2.0, max = "1s", reset_after = "3s" }}
             """) + extra
         config = write_config(tmp_path, body, supervisor=f'cgroups = "{mode}"')
+        self.pid1 = pid1
         self.clawsup = Clawsup(config, tmp_path / "clawsup.log", pid1=pid1)
         self.endpoint = f"ipc://{tmp_path}/run/control.sock"
         self.client = Client(self.endpoint, timeout=20)
@@ -146,6 +148,8 @@ class Tree:
     def stop(self) -> None:
         self.client.close()
         self.clawsup.stop()
+        if not self.pid1:  # a PID namespace takes its processes with it
+            kill_kids(self.notes)
 
 
 @pytest.fixture
@@ -159,6 +163,23 @@ def tree(tmp_path: Path) -> Iterator[Callable[..., Tree]]:
     yield make
     for instance in made:
         instance.stop()
+
+
+def kill_kids(notes: Path) -> None:
+    """Whatever a failing test left running: the children noted in ``notes`` (checked by
+    their command line, which names ``notes``, so a reused pid is left alone)."""
+    for name in os.listdir(notes):
+        if not name.startswith("pid-"):
+            continue
+        pid = int(name.split("-")[2])
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                mine = str(notes).encode() in handle.read()
+        except OSError:
+            continue
+        if mine:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def alive(pid: int) -> bool:
@@ -463,6 +484,7 @@ def test_without_a_writable_cgroup2_the_tree_is_kept_through_proc(tmp_path: Path
         assert len([n for n in os.listdir(notes) if n.startswith("term-")]) == 4
     finally:
         clawsup.stop()
+        kill_kids(notes)
 
 
 def test_shutdown_ends_a_process_no_walk_could_attribute(tmp_path: Path) -> None:
@@ -491,3 +513,4 @@ def test_shutdown_ends_a_process_no_walk_could_attribute(tmp_path: Path) -> None
         assert [n for n in os.listdir(notes) if n.startswith("term-")] == [f"term-stray-{stray[0]}"]
     finally:
         clawsup.stop()
+        kill_kids(notes)
