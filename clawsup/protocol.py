@@ -169,6 +169,7 @@ class ProgramStatus(msgspec.Struct, frozen=True, kw_only=True):
     description: str = ""
     # A thread other than the main one stuck in D ("thread 12 (libuv-worker) in D...").
     stuck_thread: str = ""
+    processes: int = 0  # live processes of its whole tree (0 in old supervisors' replies)
 
 
 class StatusReply(msgspec.Struct, frozen=True, kw_only=True):

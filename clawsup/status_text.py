@@ -26,7 +26,7 @@ def describe_exit(code: int | None, signal: str | None, reason: str) -> str:
 
 def format_status(reply: Mapping[str, Any]) -> str:
     """The aligned table of a status reply, with model, zone and breaker below it."""
-    rows = [["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT"]]
+    rows = [["NAME", "STATE", "PID", "PROCS", "UPTIME", "RESTARTS", "LAST EXIT"]]
     for program in reply["programs"]:
         rows.append(_program_row(program))
     lines = table(rows)
@@ -60,6 +60,7 @@ def _program_row(program: Mapping[str, Any]) -> list[str]:
         program["name"] + (" *" if program["main"] else ""),
         state,
         "-" if program["pid"] is None else str(program["pid"]),
+        "-" if program["pid"] is None else str(program["processes"]),  # its whole tree
         "-" if program["uptime"] is None else format_duration(round(program["uptime"])),
         str(program["restarts"]),
         "-"

@@ -125,6 +125,7 @@ PROGRAM_STATUS = {
     "next_start_in": (_optional(_float), None),
     "description": (_str, ""),
     "stuck_thread": (_str, ""),
+    "processes": (_int, 0),
 }
 STATUS_REPLY = {
     "ok": (_literal(True), _REQUIRED),  # the struct defaults it, but the client demands it

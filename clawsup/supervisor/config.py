@@ -67,6 +67,9 @@ class SupervisorConfig(_Section, frozen=True):
     # times this is dropped by libzmq with its peer (ZMQ_MAXMSGSIZE) before it is buffered.
     max_request_size: Size = Size(1 << 20)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # How a program's whole tree is kept (tree.py): "auto" gives each program a cgroup v2
+    # where clawsup may create one, and walks /proc elsewhere; "off" always walks /proc.
+    cgroups: Literal["auto", "off"] = "auto"
 
     def __post_init__(self) -> None:
         if self.control_tcp is not None:

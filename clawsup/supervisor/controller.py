@@ -304,11 +304,14 @@ class Controller:
             return error_reply(INVALID_STATE,
                                f"cannot signal {program.name}: it is {program.state.value}")
         try:
-            os.kill(pid, signum)
+            # Its process group, as `clawsupctl signal` says: the leader and the children
+            # that stayed in its group (process_group=0 at spawn: the pgid is its pid).
+            os.killpg(pid, signum)
         except ProcessLookupError:
             return error_reply(INVALID_STATE, f"cannot signal {program.name}: pid {pid} is gone")
         return ProgramReply(program=program.name, state=program.state.value, pid=pid,
-                            message=f"sent {signal.Signals(signum).name} to {program.name}")
+                            message=f"sent {signal.Signals(signum).name} to {program.name}'s "
+                                    "process group")
 
     # -- settings -----------------------------------------------------------------------------
 

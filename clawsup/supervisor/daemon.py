@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import msgspec
 
 from clawsup.protocol import Event, HealthReply, LivenessState, ProgramStatus
-from clawsup.supervisor import hang, procinfo
+from clawsup.supervisor import hang
 from clawsup.supervisor.config import (
     Config,
     ConfigError,
@@ -37,6 +37,7 @@ from clawsup.supervisor.probes import http_probe, tcp_probe
 from clawsup.supervisor.program import Program, SpawnError, State, TimerHandle
 from clawsup.supervisor.sampler import Observation, Sampler
 from clawsup.supervisor.spawn import Spawned, reset_signal_state, spawn
+from clawsup.supervisor.tree import PROGRAM_ENV, Trees
 
 log = logging.getLogger("clawsup")
 
@@ -151,6 +152,7 @@ class Supervisor:
         self._exit_code: int | None = None
         self._state_waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._random = random.Random()
+        self.trees = Trees(self.call_later)
         # Hooks other components (janitor, control plane) attach to.
         self.exit_hooks: list[Callable[[Program, set[int]], None]] = []
         self.components: list[Component] = []
@@ -164,6 +166,8 @@ class Supervisor:
         self._shutdown_requested = asyncio.Event()
         # 1. Orphans must come to us: as PID 1 they do anyway; otherwise ask the kernel.
         self._become_subreaper()
+        #    A program is its whole tree: a cgroup of its own where we may make one.
+        self.trees.open(self.config.supervisor.cgroups)
         # 2. Whatever mask or ignored signals we inherited must not reach the programs.
         reset_signal_state()
         # 3. Signals become events on the loop (wakeup fd), never work in a handler.
@@ -201,6 +205,8 @@ class Supervisor:
         if self._exit_code is None and self.main.state is State.FATAL:
             self._exit_code = self._fatal_status(self.main)
         await self._stop_all()
+        await self.trees.close(max((p.config.stop_timeout for p in self.programs.values()),
+                                   default=0.0))
         self._reap()
         for component in reversed(started):
             await component.close()
@@ -314,6 +320,7 @@ class Supervisor:
                 child.on_exit(status)
             if child.program is not None:
                 self._program_exited(child, status)
+        self.trees.settle()
         if orphans:
             # Not logged: an orphan storm would flood the log; metrics count them.
             self.emit("reaped", None, f"reaped {orphans} orphaned process(es)",
@@ -322,12 +329,18 @@ class Supervisor:
     def _program_exited(self, child: _Child, status: int) -> None:
         program = child.program
         assert program is not None
-        pid = child.spawned.pid
-        # The rest of its process group (a grandchild that outlived its parent) goes too:
-        # a half-dead gateway tree would hold the port and the session locks.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        pids = {pid} | child.group_pids
+        # The rest of its tree goes too, and the exit counts once it has (tree.py): a
+        # half-dead gateway tree would hold the port and the session locks.
+        left = self.trees.ended(
+            program.name, program.config.stop_signal_number, program.config.stop_timeout,
+            signalled=program.state is State.STOPPING,
+            done=functools.partial(self._tree_exited, child, status))
+        child.group_pids.update(left)
+
+    def _tree_exited(self, child: _Child, status: int) -> None:
+        program = child.program
+        assert program is not None
+        pids = {child.spawned.pid} | child.group_pids
         # Before the program can be started again: its locks must be gone first.
         for hook in self.exit_hooks:
             try:
@@ -346,7 +359,10 @@ class Supervisor:
     # -- Effects for Program --------------------------------------------------------------------
 
     def spawn(self, program: Program) -> int:
-        spawned = spawn(program.name, program.config, program.extra_environment)
+        environment = {**program.extra_environment, PROGRAM_ENV: program.name}
+        with self.trees.placed(program.name):
+            spawned = spawn(program.name, program.config, environment)
+        self.trees.started(program.name, spawned.pid)
         self._children[spawned.pid] = _Child(program=program, spawned=spawned)
         self._relay_output(program.name, spawned.stdout, 1)
         self._relay_output(program.name, spawned.stderr, 2)
@@ -356,17 +372,10 @@ class Supervisor:
         return spawned.pid
 
     def kill(self, program: Program, signum: int) -> None:
-        pid = program.pid
-        if pid is None:
+        if program.pid is None:
             return
-        try:
-            # process_group=0 at spawn: the group id is the leader's pid.
-            os.killpg(pid, signum)
-        except ProcessLookupError:
-            # ESRCH: the whole group is gone already; its exit status is on its way.
-            log.debug("process group %d of %s already gone", pid, program.name)
-        except PermissionError as error:
-            log.error("cannot signal %s (pid %d): %s", program.name, pid, error)
+        # Its whole tree, not its process group: detached children have groups of their own.
+        self.trees.signal(program.name, signum)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         assert self._loop is not None
@@ -562,6 +571,7 @@ class Supervisor:
         watch.tree, watch.tree_of = seen.tree, seen.pid
         if child is not None:
             child.group_pids.update(seen.tree)
+        self.trees.seen(program.name, seen.tree)
         if program.state is State.RUNNING and hang.is_zombie_leak(
             seen.zombies, settings.zombie_children_max
         ):
@@ -683,18 +693,10 @@ class Supervisor:
         return False, f"{argv[0]} exited with status {os.waitstatus_to_exitcode(status)}"
 
     def processes(self, program: Program) -> list[int]:
-        """The program's process and everything under it, as of the last tree walk.
-
-        The sampler walks the tree every few samples; without hang sampling (or before
-        the first walk of this pid) it is walked here.
-        """
-        pid = program.pid
-        if pid is None:
+        """Every live process of the program's whole tree (tree.py)."""
+        if program.pid is None:
             return []
-        watch = self._watches.get(program.name)
-        if watch is not None and watch.tree_of == pid:
-            return [pid, *watch.tree]
-        return [pid, *procinfo.descendants(pid)]
+        return self.trees.members(program.name)
 
     def liveness_state(self, program: Program) -> LivenessState:
         if program.config.liveness is None:
@@ -756,7 +758,8 @@ class Supervisor:
         return [self._status(p) for p in self.programs.values()]
 
     def _status(self, program: Program) -> ProgramStatus:
-        status = program.status(self.liveness_state(program))
+        status = msgspec.structs.replace(program.status(self.liveness_state(program)),
+                                         processes=len(self.processes(program)))
         stuck = self.stuck_thread(program)
         return msgspec.structs.replace(status, stuck_thread=stuck) if stuck else status
 
