@@ -29,7 +29,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -134,6 +133,16 @@ def http_answers(url: str = GATEWAY_URL, timeout: float = 2.0) -> bool:
         return True
     except OSError:
         return False
+
+
+def can_unshare() -> bool:
+    """Can this box run a process as PID 1 of a new PID namespace (root, unshare)?"""
+    try:
+        done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                              capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
 
 
 def _environ(pid: int) -> bytes:

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -36,10 +35,10 @@ max_session_size = "256KB"
 
 
 @pytest.fixture(scope="module")
-def gw(module_runs: RunFactory) -> Iterator[RealRun]:
+def gw(module_runs: RunFactory) -> RealRun:
     run = module_runs("main", override=OVERRIDE).start()
     run.serving(what="the first start")
-    yield run
+    return run
 
 
 @pytest.fixture
