@@ -269,7 +269,7 @@ def main() -> int:
     print()
     print(f"restart to serving again, warm, median of {args.rounds} "
           f"(load average {os.getloadavg()[0]:.1f}):")
-    print("".join(f"{phase + ' ms':>12}" for phase in ("", *PHASES)))
+    print(f"{'':>12}" + "".join(f"{phase + ' ms':>12}" for phase in PHASES))
     for name, samples in results.items():
         print(f"{name:>12}" + "".join(f"{summary(samples, phase):12.1f}" for phase in PHASES))
     # What clawsup does is in signal (the request reaching the gateway) and respawn (exit
