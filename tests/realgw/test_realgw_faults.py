@@ -56,8 +56,6 @@ def test_gateway_without_mode_shows_its_own_reason(no_mode: RealRun) -> None:
     assert no_mode.proc.returncode != 0, "exit_on_fatal: clawsup exits non-zero"
 
 
-@pytest.mark.xfail(strict=False, reason="needs every event encodable (issue 10 item 5): "
-                   "crash_loop carries a Duration msgspec cannot encode")
 def test_gateway_without_mode_raises_a_crash_loop_event(no_mode: RealRun) -> None:
     published = no_mode.events.of("crash_loop")
     logged = [i for i in _incidents(no_mode) if i.get("kind") == "crash_loop"]
@@ -79,7 +77,6 @@ def test_gateway_without_token_refuses_to_bind_lan(real_runs: RunFactory) -> Non
     assert not http_answers()
 
 
-@pytest.mark.xfail(strict=False, reason="needs readiness (branch ready)")
 def test_gateway_that_never_serves_is_a_failed_start(real_runs: RunFactory) -> None:
     # The gateway starts, but the probe asks a port nothing listens on: as far as clawsup
     # can tell, it never serves.

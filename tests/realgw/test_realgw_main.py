@@ -193,7 +193,6 @@ def test_restart_stop_and_start(serving: RealRun) -> None:
     serving.turn("after-restart", "back again?")
 
 
-@pytest.mark.xfail(strict=False, reason="needs whole-tree kill (branch tree)")
 def test_exec_tool_children_end_with_the_gateway(serving: RealRun) -> None:
     # The exec tool starts commands detached (own session and process group): one plain
     # sleeper, one that ignores SIGTERM (SIGKILLed after stop_timeout with the rest).
