@@ -67,8 +67,8 @@ ENV NODE_ENV=production
 # it, so npm leaves out everything only that package needs. The package and its
 # node_modules are then laid out as the upstream image has them: /app/dist/index.js,
 # /app/node_modules. The release must load its own modules: its CLI runs, or the build
-# fails (run from /app: the install directory is gone by then, and node cannot start in a
-# deleted working directory).
+# fails (run from /app: node cannot start in a deleted working directory). The CLI's log
+# directory, /tmp/clawdbot, goes: left owned by root, the gateway could not log there.
 WORKDIR /tmp/clawdbot-install
 # hadolint ignore=DL3003
 RUN set -eux; \
@@ -86,8 +86,8 @@ RUN set -eux; \
     mv node_modules /app/node_modules; \
     ln -s /app/dist/entry.js /usr/local/bin/clawdbot; \
     cd /app; \
-    rm -rf /tmp/clawdbot-install /root/.npm; \
-    node dist/index.js --version
+    node dist/index.js --version; \
+    rm -rf /tmp/clawdbot-install /root/.npm /tmp/clawdbot
 WORKDIR /app
 # `node` is uid 1000 in the node images; Kubernetes sets runAsUser: 1000 to match.
 # hadolint ignore=DL3066
@@ -107,11 +107,12 @@ LABEL org.opencontainers.image.title="clawdbot-clawsup" \
 USER root
 
 # Python 3 (bookworm: 3.11) and venv for clawsup. Debian's versions are not pinned: the
-# security updates of the release are wanted.
+# security updates of the release are wanted. A /tmp/clawdbot left by the base image's
+# build would be root's, and the gateway (node) logs there.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/* /tmp/clawdbot
 
 # The gateway's compile cache, made here once instead of in every new container: the
 # gateway compiles its TypeScript plugins with jiti into $TMPDIR/jiti, and from a cold
