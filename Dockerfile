@@ -67,8 +67,9 @@ ENV NODE_ENV=production
 # it, so npm leaves out everything only that package needs. The package and its
 # node_modules are then laid out as the upstream image has them: /app/dist/index.js,
 # /app/node_modules. The release must load its own modules: its CLI runs, or the build
-# fails (run from /app: node cannot start in a deleted working directory). The CLI's log
-# directory, /tmp/clawdbot, goes: left owned by root, the gateway could not log there.
+# fails (run from /app: node cannot start in a deleted working directory). Then npm's
+# caches go, and the CLI's log directory, /tmp/clawdbot: left owned by root, the gateway
+# could not log there.
 WORKDIR /tmp/clawdbot-install
 # hadolint ignore=DL3003
 RUN set -eux; \
@@ -87,7 +88,7 @@ RUN set -eux; \
     ln -s /app/dist/entry.js /usr/local/bin/clawdbot; \
     cd /app; \
     node dist/index.js --version; \
-    rm -rf /tmp/clawdbot-install /root/.npm /tmp/clawdbot
+    rm -rf /tmp/clawdbot-install /root/.npm /tmp/node-compile-cache /tmp/clawdbot
 WORKDIR /app
 # `node` is uid 1000 in the node images; Kubernetes sets runAsUser: 1000 to match.
 # hadolint ignore=DL3066
