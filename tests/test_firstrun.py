@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import stat
 import subprocess
 import sys
@@ -83,6 +84,18 @@ def test_the_written_config_is_private_and_its_new_directories_too(tmp_path: Pat
     assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o700
     # No temp file left beside it.
     assert sorted(p.name for p in path.parent.iterdir()) == ["clawdbot.json"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root")
+def test_as_root_what_is_created_belongs_to_the_programs_user(tmp_path: Path) -> None:
+    """clawsup as root with a program `user`: the gateway must be able to rewrite it."""
+    nobody = pwd.getpwnam("nobody")
+    path = tmp_path / "home" / ".clawdbot" / "clawdbot.json"
+    assert create_gateway_config(path, "nobody") is True
+    for created in (path, path.parent, path.parent.parent):
+        info = created.stat()
+        assert (info.st_uid, info.st_gid) == (nobody.pw_uid, nobody.pw_gid), created
+    assert tmp_path.stat().st_uid == 0
 
 
 def test_an_existing_gateway_config_is_left_byte_for_byte(tmp_path: Path) -> None:
