@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from clawsup.supervisor.config import Config
 
-# Exit status for an unusable config: nothing was started.
+# Exit status for an unusable config, or a gateway that cannot start as configured
+# (firstrun.py): nothing was started.
 EXIT_CONFIG = 2
 
 
@@ -78,6 +79,15 @@ def run(paths: tuple[str, ...]) -> None:
         # supervisor without alerts or metrics never uses. A None entry makes asyncio's own
         # "try: import ssl" take its no-TLS path; PID 1 lives long, the memory counts.
         sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+    from clawsup.supervisor.firstrun import FirstRunError, prepare
+
+    try:
+        # Once, before any program starts: a first gateway config, and a gateway that
+        # would refuse to start for want of a token reported as one line, not a crash loop.
+        prepare(config)
+    except FirstRunError as error:
+        print(f"clawsup: {error}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     from clawsup.supervisor.service import run_service
 
     sys.exit(run_service(config, files))

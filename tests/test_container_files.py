@@ -39,11 +39,23 @@ K8S = REPO / "deploy" / "kubernetes"
 SHIPPED_CONFIG = REPO / "etc" / "clawsup.toml"
 K8S_OVERRIDE = K8S / "clawsup.k8s.toml"
 
+README = REPO / "README.md"
+INSTALL_GATEWAY = REPO / "tools" / "install-gateway"
+
 ENTRYPOINT = ["clawsup", "run", "-c", "/etc/clawsup/clawsup.toml"]
 HEALTH_COMMAND = ["clawsupctl", "health"]
-# The old watchdog's docker-compose health check (shared/seed): kept.
-HEALTH_TIMINGS = {"interval": "30s", "timeout": "10s", "retries": "3", "start-period": "40s"}
+HEALTH_TIMINGS = {"interval": "10s", "timeout": "10s", "retries": "3", "start-period": "60s"}
 NODE_UID = 1000
+GATEWAY_HOME = "/home/node/.clawdbot"
+TOKEN_VARIABLE = "CLAWDBOT_GATEWAY_TOKEN"
+# Measured on the real release (DESIGN.md section 7): seconds from spawn to an open port.
+WARM_SERVE_MAX = 9
+COLD_SERVE_MAX = 55
+# The gateway forces its own exit this long after SIGTERM; Docker's default stop grace.
+GATEWAY_OWN_EXIT = 5
+DOCKER_DEFAULT_GRACE = 10
+# What clawsup needs after its program's stop_timeout to exit on its own.
+CLAWSUP_EXIT_MARGIN = 3
 
 
 # -- a Dockerfile parser -------------------------------------------------------------------
@@ -166,13 +178,21 @@ def copy_sources(instruction: Instruction) -> tuple[dict[str, str], list[str], s
 
 
 def run_segments(stage: Stage) -> list[list[str]]:
-    """Every RUN's commands (split at && and ;) as word lists."""
+    """Every RUN's commands (split at ;, &&, || and |, outside quotes) as word lists."""
     segments = []
     for instruction in stage.all("RUN"):
-        for part in re.split(r"&&|;", instruction.args):
-            words = shlex.split(part)
-            if words:
-                segments.append(words)
+        lexer = shlex.shlex(instruction.args, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
+        words: list[str] = []
+        for token in lexer:
+            if token in (";", "&&", "||", "|"):
+                if words:
+                    segments.append(words)
+                words = []
+            else:
+                words.append(token)
+        if words:
+            segments.append(words)
     return segments
 
 
@@ -462,18 +482,39 @@ def test_entrypoint_is_clawsup_run_with_the_shipped_config(final: Stage) -> None
     assert final.last("CMD").json_args() == []
 
 
-def test_healthcheck_runs_clawsupctl_health_with_the_seed_timings(final: Stage) -> None:
+def test_healthcheck_runs_clawsupctl_health(final: Stage) -> None:
     (healthcheck,) = final.all("HEALTHCHECK")
     options, command = parse_healthcheck(healthcheck)
     assert options == HEALTH_TIMINGS
     assert command == HEALTH_COMMAND
 
 
-def test_stopsignal_user_and_volume(final: Stage) -> None:
+def test_health_timings_follow_the_measured_start_up() -> None:
+    """Health fails until the gateway serves: the first check (one interval after the
+    start) comes after a warm start has served, and the start period outlasts a cold one."""
+    assert parse_duration(HEALTH_TIMINGS["interval"]) >= WARM_SERVE_MAX
+    assert parse_duration(HEALTH_TIMINGS["start-period"]) > COLD_SERVE_MAX
+
+
+def test_stopsignal_user_and_volumes(final: Stage, shipped: dict[str, Any]) -> None:
     assert final.last("STOPSIGNAL").args == "SIGTERM"
     assert final.last("USER").args == "node"
     volumes = [v for i in final.all("VOLUME") for v in (i.json_args() or i.args.split())]
-    assert "/home/node/.clawdbot" in volumes
+    assert sorted(volumes) == sorted([GATEWAY_HOME, shipped["supervisor"]["state_dir"]])
+
+
+def test_the_first_run_config_lands_on_the_gateway_volume(shipped: dict[str, Any]) -> None:
+    section = shipped["gateway_config"]
+    assert section["create_if_missing"] is True
+    path = PurePosixPath(section["path"].replace("~", "/home/node", 1))
+    assert path.parent == PurePosixPath(GATEWAY_HOME)
+
+
+def test_shipped_stop_timeout_fits_dockers_default_grace() -> None:
+    timeout = stop_timeout(SHIPPED_CONFIG)
+    # Long enough for the gateway's own forced exit, short enough for clawsup to exit too.
+    assert timeout > GATEWAY_OWN_EXIT
+    assert timeout + CLAWSUP_EXIT_MARGIN <= DOCKER_DEFAULT_GRACE
 
 
 def test_base_image_defaults_to_the_gateway_stage_built_from_node_22_bookworm(
@@ -486,9 +527,108 @@ def test_base_image_defaults_to_the_gateway_stage_built_from_node_22_bookworm(
     assert base == "node:22-bookworm"
     assert "CLAWDBOT_VERSION" in gateway.args()
     assert any(
-        "npm" in words and "install" in words and any("clawdbot@" in w for w in words)
+        words[:2] == ["npm", "pack"] and "clawdbot@${CLAWDBOT_VERSION}" in words
         for words in run_segments(gateway)
     )
+    assert any(words[:2] == ["npm", "install"] for words in run_segments(gateway))
+
+
+def _install_gateway_default(name: str) -> str:
+    match = re.search(rf'"\$\{{{name}:-([^}}]+)\}}"', INSTALL_GATEWAY.read_text())
+    assert match, name
+    return match.group(1)
+
+
+def test_the_default_release_is_the_pinned_working_one(
+    dockerfile: tuple[dict[str, str], list[Stage]],
+) -> None:
+    """2026.1.24 as published dies with ERR_MODULE_NOT_FOUND; 2026.1.24-3 runs, and is
+    what tools/install-gateway (the release the tests run) installs."""
+    global_args, stages = dockerfile
+    (gateway,) = [s for s in stages if s.name == global_args["BASE_IMAGE"]]
+    version = gateway.args()["CLAWDBOT_VERSION"]
+    assert version == "2026.1.24-3"
+    assert version == _install_gateway_default("CLAWDBOT_VERSION")
+
+
+def test_the_gateway_is_installed_with_the_libsignal_override(
+    dockerfile: tuple[dict[str, str], list[Stage]],
+) -> None:
+    global_args, stages = dockerfile
+    (gateway,) = [s for s in stages if s.name == global_args["BASE_IMAGE"]]
+    (printf,) = [w for w in run_segments(gateway) if w[:1] == ["printf"]]
+    package = json.loads(printf[1].replace("\\n", ""))
+    assert printf[-1] == "package.json"
+    assert package["overrides"] == {"libsignal": "6.0.0"}
+    assert list(package["dependencies"]) == ["clawdbot"]
+    assert '"overrides": { "libsignal": "6.0.0" }' in INSTALL_GATEWAY.read_text()
+
+
+def test_the_build_runs_the_gateways_cli_not_a_file_test(
+    dockerfile: tuple[dict[str, str], list[Stage]],
+) -> None:
+    """A release that cannot load its own modules fails the build, in the gateway stage and
+    again on whatever BASE_IMAGE the final stage is built on."""
+    global_args, stages = dockerfile
+    (gateway,) = [s for s in stages if s.name == global_args["BASE_IMAGE"]]
+    final_stage = stages[-1]
+    for stage in (gateway, final_stage):
+        segments = run_segments(stage)
+        assert not any(w[:2] == ["test", "-f"] for w in segments)
+        assert ["node", "dist/index.js", "--version"] in segments
+
+
+def test_local_models_are_left_out_by_default(
+    dockerfile: tuple[dict[str, str], list[Stage]],
+) -> None:
+    global_args, stages = dockerfile
+    (gateway,) = [s for s in stages if s.name == global_args["BASE_IMAGE"]]
+    assert gateway.args()["LOCAL_MODELS"] == "false"
+    (run,) = [i for i in gateway.all("RUN") if "npm install" in i.args]
+    assert 'if [ "${LOCAL_MODELS}" = false ]' in run.args
+    assert 'delete p.optionalDependencies["node-llama-cpp"]' in run.args
+
+
+def test_the_gateway_stage_does_nothing_for_another_base_image(
+    dockerfile: tuple[dict[str, str], list[Stage]],
+) -> None:
+    """The legacy builder runs every stage: with BASE_IMAGE set, the gateway stage's install
+    must stop at once (BuildKit skips the stage altogether)."""
+    global_args, stages = dockerfile
+    (gateway,) = [s for s in stages if s.name == global_args["BASE_IMAGE"]]
+    assert "BASE_IMAGE" in gateway.args()
+    for run in gateway.all("RUN"):
+        body = re.sub(r"\s+", " ", run.args.strip().removeprefix("set -eux;").strip())
+        guard = rf'if \[ "\$\{{BASE_IMAGE\}}" != {global_args["BASE_IMAGE"]} \]; then echo [^;]*; exit 0; fi;'
+        assert re.match(guard, body), body[:120]
+
+
+def _user_at(stage: Stage, instruction: Instruction) -> str:
+    user = "root"
+    for other in stage.instructions:
+        if other is instruction:
+            return user
+        if other.keyword == "USER":
+            user = other.args
+    raise AssertionError("instruction not in the stage")
+
+
+def test_the_compile_cache_is_made_at_build_time_where_the_gateway_finds_it(
+    final: Stage,
+) -> None:
+    env = dict(shlex.split(i.args)[0].split("=", 1) for i in final.all("ENV"))
+    tmpdir = env["TMPDIR"]
+    # The node user's directory: jiti uses a cache only where it may write.
+    assert any(w[:2] == ["install", "-d"] and w[2:6] == ["-o", "node", "-g", "node"]
+               and tmpdir in w for w in run_segments(final))
+    (warm,) = [i for i in final.all("RUN") if "plugins list" in i.args]
+    assert _user_at(final, warm) == "node"
+    assert f"test -d {tmpdir}/jiti" in warm.args
+    # ENV precedes the warm-up, so build and run use the same directory.
+    assert final.instructions.index(final.all("ENV")[0]) < final.instructions.index(warm)
+    # Made before clawsup is copied in: a clawsup change keeps the cache layer.
+    first_copy = final.all("COPY")[0]
+    assert final.instructions.index(warm) < final.instructions.index(first_copy)
 
 
 def test_gateway_stage_runs_what_the_shipped_config_runs(
@@ -576,7 +716,8 @@ def test_shipped_config_passes_clawsup_check() -> None:
 
 
 def test_run_and_state_dirs_are_created_for_node(final: Stage, shipped: dict[str, Any]) -> None:
-    (install,) = [w for w in run_segments(final) if w[:2] == ["install", "-d"]]
+    (install,) = [w for w in run_segments(final) if w[:2] == ["install", "-d"]
+                  and shipped["supervisor"]["state_dir"] in w]
     options = dict(zip(install[2:8:2], install[3:8:2], strict=True))
     assert options == {"-o": "node", "-g": "node", "-m": "0700"}
     dirs = install[8:]
@@ -631,7 +772,8 @@ def test_compose_healthcheck_is_the_dockerfiles(
 
 
 def test_compose_stop_grace_period_exceeds_stop_timeout(compose_service: dict[str, Any]) -> None:
-    assert parse_duration(compose_service["stop_grace_period"]) > stop_timeout(SHIPPED_CONFIG)
+    grace = parse_duration(compose_service["stop_grace_period"])
+    assert grace >= stop_timeout(SHIPPED_CONFIG) + CLAWSUP_EXIT_MARGIN
 
 
 def test_compose_ports_volume_and_environment(
@@ -639,9 +781,14 @@ def test_compose_ports_volume_and_environment(
 ) -> None:
     assert any(str(port).endswith(":18789") for port in compose_service["ports"])
     targets = {volume.rsplit(":", 1)[-1] for volume in compose_service["volumes"]}
-    assert "/home/node/.clawdbot" in targets
+    assert GATEWAY_HOME in targets
     assert shipped["supervisor"]["state_dir"] in targets
+    # Named volumes, declared: a re-created container gets the same ones.
+    declared = load_yaml(COMPOSE)["volumes"]
+    for volume in compose_service["volumes"]:
+        assert volume.split(":", 1)[0] in declared
     assert "CLAWSUP_TELEGRAM_TOKEN" in compose_service["environment"]
+    assert TOKEN_VARIABLE in compose_service["environment"]
 
 
 def test_docker_compose_accepts_the_file() -> None:
@@ -682,19 +829,33 @@ def test_deployment_is_one_gateway_recreated(deployment: dict[str, Any]) -> None
 
 
 def test_probes_exec_clawsupctl_health(container: dict[str, Any]) -> None:
+    startup = container["startupProbe"]
     liveness, readiness = container["livenessProbe"], container["readinessProbe"]
-    assert liveness["exec"]["command"] == HEALTH_COMMAND
-    assert readiness["exec"]["command"] == HEALTH_COMMAND
-    assert (
-        liveness["periodSeconds"], liveness["timeoutSeconds"], liveness["failureThreshold"],
-        liveness["initialDelaySeconds"],
-    ) == (30, 10, 3, 40)
+    for probe in (startup, liveness, readiness):
+        assert probe["exec"]["command"] == HEALTH_COMMAND
+        # The startup probe replaces a fixed initial delay.
+        assert "initialDelaySeconds" not in probe
+    assert (liveness["periodSeconds"], liveness["timeoutSeconds"],
+            liveness["failureThreshold"]) == (30, 10, 3)
     assert readiness["periodSeconds"] < liveness["periodSeconds"]
+
+
+def test_the_startup_probe_waits_out_a_cold_start_and_clawsups_own_retries(
+    container: dict[str, Any],
+) -> None:
+    startup = container["startupProbe"]
+    # Checked often enough to see a warm start serve soon after it does...
+    assert startup["periodSeconds"] <= WARM_SERVE_MAX
+    allowed = startup["periodSeconds"] * startup["failureThreshold"]
+    # ...and given longer than a cold start and than liveness.start_timeout (120 s by
+    # default), within which clawsup retries a start that never serves by itself.
+    assert allowed > COLD_SERVE_MAX
+    assert allowed > 120
 
 
 def test_termination_grace_exceeds_stop_timeout(deployment: dict[str, Any]) -> None:
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > stop_timeout(SHIPPED_CONFIG, K8S_OVERRIDE)
+    assert grace >= stop_timeout(SHIPPED_CONFIG, K8S_OVERRIDE) + CLAWSUP_EXIT_MARGIN
 
 
 def test_pod_runs_as_node(deployment: dict[str, Any], container: dict[str, Any]) -> None:
@@ -761,6 +922,23 @@ def test_telegram_token_comes_from_a_secret(container: dict[str, Any]) -> None:
     assert ref["optional"] is True
 
 
+def test_the_gateway_token_is_a_required_secret(container: dict[str, Any]) -> None:
+    """The gateway binds the pod's address: without the token it would not start."""
+    env = {e["name"]: e for e in container["env"]}
+    ref = env[TOKEN_VARIABLE]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == env["CLAWSUP_TELEGRAM_TOKEN"]["valueFrom"]["secretKeyRef"]["name"]
+    assert ref.get("optional", False) is False
+
+
+def test_the_k8s_state_dir_is_on_the_claim(container: dict[str, Any], override: dict[str, Any],
+                                          deployment: dict[str, Any]) -> None:
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    state_dir = PurePosixPath(override["supervisor"]["state_dir"])
+    claims = [PurePosixPath(m["mountPath"]) for m in container["volumeMounts"]
+              if "persistentVolumeClaim" in volumes[m["name"]]]
+    assert any(mount in state_dir.parents for mount in claims)
+
+
 def test_service_targets_the_containers_ports(
     deployment: dict[str, Any], container: dict[str, Any]
 ) -> None:
@@ -818,3 +996,57 @@ def test_yaml_subset_parser() -> None:
 def test_pyyaml_reads_the_files_as_the_subset_parser_does(path: Path) -> None:
     yaml = pytest.importorskip("yaml")
     assert yaml.safe_load(path.read_text()) == load_yaml(path)
+
+
+# -- README.md: the quick start that tools/container-test runs ----------------------------------
+
+
+QUICKSTART_MARKER = "<!-- container-quickstart:"
+
+
+def readme_quickstart() -> list[list[str]]:
+    """The commands of the README's container quick start, continuation lines joined."""
+    text = README.read_text()
+    start = text.index(QUICKSTART_MARKER)
+    block = text[text.index("```sh\n", start) + 6 : text.index("```", text.index("```sh\n", start) + 6)]
+    joined = block.replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in joined.splitlines() if line.strip()]
+
+
+def test_readme_quickstart_builds_and_runs_the_same_image() -> None:
+    commands = readme_quickstart()
+    (build,) = [c for c in commands if c[:2] == ["docker", "build"]]
+    (run,) = [c for c in commands if c[:2] == ["docker", "run"]]
+    tag = build[build.index("-t") + 1]
+    assert build[-1] == "."
+    assert run[-1] == tag
+
+
+def test_readme_quickstart_needs_only_a_token_and_named_volumes(
+    final: Stage, shipped: dict[str, Any]
+) -> None:
+    commands = readme_quickstart()
+    (run,) = [c for c in commands if c[:2] == ["docker", "run"]]
+    options = run[2:-1]
+    pairs = [(options[i], options[i + 1]) for i in range(len(options) - 1)]
+    assert ("-e", TOKEN_VARIABLE) in pairs
+    # The token is set before the run, in the shell that runs it.
+    assert any(c[:1] == ["export"] and c[1].startswith(f"{TOKEN_VARIABLE}=") for c in commands)
+    mounts = dict(reversed(value.split(":", 1)) for flag, value in pairs if flag == "-v")
+    volumes = [v for i in final.all("VOLUME") for v in (i.json_args() or i.args.split())]
+    assert sorted(mounts) == sorted(volumes)
+    # Named volumes, not bind mounts: they start as the image's directories, owned by node.
+    assert all(re.fullmatch(r"[A-Za-z0-9][\w.-]*", name) for name in mounts.values())
+    assert shipped["supervisor"]["state_dir"] in mounts
+    assert any(flag == "-p" and value.endswith(":18789") for flag, value in pairs)
+    # Nothing else: no override config, no longer stop grace, no entrypoint change.
+    assert not {"--entrypoint", "--stop-timeout", "--user", "-u", "--init"} & set(options)
+
+
+def test_the_dockerfile_header_runs_what_the_readme_runs() -> None:
+    header = DOCKERFILE.read_text().split("\n\n", 1)[0]
+    quickstart = " ".join(" ".join(c) for c in readme_quickstart())
+    for needle in ("-e CLAWDBOT_GATEWAY_TOKEN", "-v clawdbot-home:/home/node/.clawdbot",
+                   "-v clawsup-state:/var/lib/clawsup", "-p 127.0.0.1:18789:18789"):
+        assert needle in header
+        assert needle in quickstart

@@ -235,6 +235,9 @@ class GatewayConfigFile(_Section, frozen=True):
     allowed_models: list[str] = []
     # Which program the settings belong to; the main program when left out.
     program: str | None = None
+    # Write a minimal config (local mode, workspace beside it) at start when there is
+    # none: a fresh container's volume is empty (firstrun.py).
+    create_if_missing: bool = False
 
 
 class BreakerConfig(_Section, frozen=True):
