@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -66,14 +67,23 @@ def test_gateway_without_mode_raises_a_crash_loop_event(no_mode: RealRun) -> Non
         assert event["program"] == "gateway"
 
 
-def test_gateway_without_token_refuses_to_bind_lan(real_runs: RunFactory) -> None:
+def test_gateway_without_token_is_one_line_not_a_crash_loop(real_runs: RunFactory) -> None:
+    # The gateway itself would refuse ("Refusing to bind gateway to lan without auth") on
+    # every start until the crash-loop breaker gave up; clawsup checks the shipped
+    # `--bind lan` command against the token sources first (firstrun.py) and says so once.
     run = real_runs("no-token")
     run.write_gateway_config(gateway_config(run.model, token=False))
     run.start()
-    wait_until(lambda: any(line.startswith("gateway |")
-                           and "Refusing to bind gateway to lan without auth" in line
-                           for line in run.log().splitlines()),
-               60, interval=0.2, what=f"the gateway's refusal in clawsup's log\n{run.tail()}")
+    assert run.proc is not None
+    try:
+        run.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"clawsup did not refuse the token-less lan bind:\n{run.tail()}") from None
+    assert run.proc.returncode == 2
+    log = run.log()
+    assert [line for line in log.splitlines() if "CLAWDBOT_GATEWAY_TOKEN" in line], log
+    assert not [line for line in log.splitlines() if line.startswith("gateway |")], (
+        f"the gateway was started anyway:\n{log}")
     assert not http_answers()
 
 
