@@ -100,6 +100,9 @@ ARCHIVE_STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _ARCHIVE_NAME = re.compile(r"(?P<session>.+\.jsonl)(?:\.(?P<stamp>\d{8}T\d{6}Z)(?:\.\d+)?)?\.old")
 _MAX_ARCHIVE_COUNTER = 1000
 _MAX_PARENT_HOPS = 16
+# The exited pids of our programs remembered (each names its program): enough for every
+# process of a few runs of a large tree, bounded whatever the restart rate.
+EXITED_PIDS_KEPT = 1024
 
 
 # ---------------------------------------------------------------------------------------
@@ -558,7 +561,13 @@ class Janitor:
         """
         now = self._clock()
         for pid in pids:
+            self._exited.pop(pid, None)  # a reused pid moves to the newest end
             self._exited[pid] = (program, now)
+        # The newest only: a crash loop exits pids by the thousand within lock_max_age, and
+        # PID 1 must not grow with them. An older pid's locks went at its own exit's sweep;
+        # one that shows up later still goes, as DEAD or REUSED (locks.py).
+        while len(self._exited) > EXITED_PIDS_KEPT:
+            del self._exited[next(iter(self._exited))]
         return self._sweep(owners or {}, report_stuck=False, refresh=True)
 
     def close(self) -> None:
