@@ -62,8 +62,10 @@ class Health(_Request, tag="health", frozen=True):
     pass
 
 
-class Reload(_Request, tag="reload", frozen=True):
-    pass
+class Reload(_Request, tag="reload", frozen=True, omit_defaults=True):
+    # Sent only when true (omit_defaults): a plain reload stays ``{"cmd": "reload"}``,
+    # which supervisors from before the plan accept.
+    dry_run: bool = False
 
 
 class Shutdown(_Request, tag="shutdown", frozen=True):
@@ -218,6 +220,48 @@ class DoneReply(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
 
 
+ReloadAction = Literal[
+    "add",  # a program new in the config: added, and started if autostart
+    "remove",  # a program gone from the config: stopped, then forgotten
+    "restart",  # what it runs changed (command, environment...): restarted if running
+    "update",  # applied live, nothing restarted
+    "reopen",  # the janitor: closed and opened again on the new settings
+    "start",  # a section that was not configured now is (alerts, metrics, breaker)
+    "stop",  # a section that was configured is no longer
+    "rebuild",  # built again from the new settings: its state starts over
+    "needs_restart",  # cannot change while clawsup runs: the old value is kept until then
+]
+
+
+class ReloadChange(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of a reload plan: a section (``programs.gateway``, ``metrics``...), what
+    is done to it, the keys that changed, and how it went."""
+
+    section: str
+    action: ReloadAction
+    keys: list[str] = []
+    detail: str = ""
+    error: str = ""  # applying it failed (the rest of the plan was still applied)
+
+    def describe(self) -> str:
+        what = "needs a clawsup restart" if self.action == "needs_restart" else self.action
+        keys = f" ({', '.join(self.keys)})" if self.keys else ""
+        detail = f": {self.detail}" if self.detail else ""
+        error = f" FAILED: {self.error}" if self.error else ""
+        return f"{self.section}: {what}{keys}{detail}{error}"
+
+
+class ReloadReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Reply to reload: the plan, applied unless ``dry_run``. A client from before the
+    plan reads it as a DoneReply (``message``); a supervisor from before it sends one,
+    read here as a plan without changes."""
+
+    ok: Literal[True] = True
+    message: str = ""
+    dry_run: bool = False
+    changes: list[ReloadChange] = []
+
+
 class Incident(msgspec.Struct, frozen=True, kw_only=True):
     ts: float
     kind: str
@@ -240,6 +284,7 @@ Reply = (
     | SettingReply
     | VersionReply
     | DoneReply
+    | ReloadReply
     | IncidentsReply
     | ErrorReply
 )

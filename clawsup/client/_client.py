@@ -27,6 +27,7 @@ from clawsup.protocol import (
     Incidents,
     IncidentsReply,
     ProgramReply,
+    ReloadReply,
     Request,
     Restart,
     SetModel,
@@ -261,8 +262,10 @@ class Client:
     def health(self) -> HealthReply:
         return self.request(_Health(), HealthReply)
 
-    def reload(self) -> DoneReply:
-        return self.request(_Reload(), DoneReply)
+    def reload(self, *, dry_run: bool = False) -> ReloadReply:
+        """Reload the config: the reply is the plan (what changed, what was done, what
+        needs a clawsup restart); with ``dry_run`` the plan only, nothing applied."""
+        return self.request(_Reload(dry_run=dry_run), ReloadReply)
 
     def shutdown(self) -> DoneReply:
         return self.request(_Shutdown(), DoneReply)

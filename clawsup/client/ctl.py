@@ -334,11 +334,18 @@ def format_incidents(reply: IncidentsReply, since: str) -> str:
 
 
 @cli.command()
+@click.option("--dry-run", is_flag=True, help="Show what a reload would do; change nothing.")
 @_pass_options
-def reload(options: _Options) -> None:
-    """Re-read the configuration."""
+def reload(options: _Options, dry_run: bool) -> None:
+    """Re-read the configuration: prints what changed and what was done, one line per
+    change (what needs a clawsup restart too)."""
     with options.client() as client:
-        click.echo(client.reload().message or "reloaded")
+        reply = client.reload(dry_run=dry_run)
+    click.echo(reply.message or "reloaded")
+    for change in reply.changes:
+        click.echo(f"  {change.describe()}")
+    if any(change.error for change in reply.changes):
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()

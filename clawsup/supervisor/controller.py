@@ -29,6 +29,7 @@ from clawsup.protocol import (
     IncidentsReply,
     ProgramReply,
     Reload,
+    ReloadReply,
     Reply,
     Request,
     Restart,
@@ -49,7 +50,7 @@ from clawsup.protocol import HealthReply as HealthReplyType
 from clawsup.supervisor import settings
 from clawsup.supervisor.breaker import Decision, ModelBreaker
 from clawsup.supervisor.config import Config, ProgramConfig, _signal_number, expand_path
-from clawsup.supervisor.daemon import Supervisor
+from clawsup.supervisor.daemon import ReloadError, Supervisor
 from clawsup.supervisor.incidents import IncidentLog
 from clawsup.supervisor.opsfiles import (
     FlagError,
@@ -93,12 +94,21 @@ class Controller:
     def config(self) -> Config:
         return self.supervisor.config
 
-    def configure(self, config: Config) -> None:
+    def configure(self, config: Config, *, keep_breaker: bool = False) -> None:
+        """Take the settings of ``config``; with ``keep_breaker`` (a reload that left
+        [breaker] as it was) the breaker keeps its state: an open one stays open on its
+        fallback instead of taking the fallback now in the file for the primary."""
         janitor = config.janitor
         self._restart_flag = RestartFlag(janitor.restart_flag) if janitor.restart_flag else None
         self._ops = OpsInbox(janitor.ops_requests) if janitor.ops_requests else None
+        self._model_cache = None  # gateway_config.path may name another file now
+        if keep_breaker:
+            return
         if config.breaker is not None and config.breaker.fallbacks:
-            model, _ = self.current_settings()
+            # Rebuilt by a reload: the primary is still the operator's, not what an open
+            # breaker wrote to the file.
+            model = (self.breaker.primary if self.breaker is not None
+                     else self.current_settings()[0])
             self.breaker = ModelBreaker(config.breaker, model)
         else:
             self.breaker = None
@@ -171,11 +181,15 @@ class Controller:
                 return self.set_model(model, "control socket")
             case SetTimezone(timezone=zone):
                 return self.set_timezone(zone, "control socket")
-            case Reload():
-                error = self.supervisor.reload()
-                if error:
-                    return error_reply(FAILED, error)
-                return DoneReply(message="config reloaded")
+            case Reload(dry_run=dry_run):
+                try:
+                    plan = self.supervisor.reload(dry_run=dry_run)
+                except ReloadError as error:
+                    return error_reply(FAILED, str(error))
+                return ReloadReply(
+                    message=("dry run, nothing applied: " if dry_run else "config reloaded: ")
+                    + ("no changes" if not plan.changes else f"{len(plan.changes)} change(s)"),
+                    dry_run=dry_run, changes=list(plan.changes))
             case Shutdown():
                 self.supervisor.request_shutdown()
                 return DoneReply(message="shutting down")

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from clawsup.supervisor.config import (
 from clawsup.supervisor.kinds import EVENT_KINDS, ROUTINE_KINDS
 from clawsup.supervisor.probes import http_probe, tcp_probe
 from clawsup.supervisor.program import Program, SpawnError, State, TimerHandle
+from clawsup.supervisor.reload import WATCH_KEYS, ReloadPlan, plan_reload
 from clawsup.supervisor.sampler import Observation, Sampler
 from clawsup.supervisor.spawn import Spawned, reset_signal_state, spawn
 from clawsup.supervisor.tree import PROGRAM_ENV, Trees
@@ -64,6 +66,10 @@ def _starting_interval(settings: Liveness) -> float:
 def _done_stopping(program: Program) -> bool:
     """Stopped, or stuck in the kernel: either way shutdown cannot wait for it longer."""
     return program.state is not State.STOPPING or program.unkillable
+
+
+class ReloadError(Exception):
+    """The config could not be reloaded; nothing was changed. The message says why."""
 
 
 class ComponentError(Exception):
@@ -145,7 +151,12 @@ class Supervisor:
         self.sinks: list[EventSink] = []
         self.started_at = self.clock.monotonic()
         self._children: dict[int, _Child] = {}
-        self._watches: dict[str, _Watch] = {}
+        self._watches: dict[Program, _Watch] = {}
+        # Removed by a reload and still stopping, by name: a program added again under
+        # that name waits for it (its tree, cgroup and locks go by the name).
+        self._leaving: dict[str, Program] = {}
+        # A program added by a reload while its namesake was leaving: started after it.
+        self._start_after_leaving: dict[str, Program] = {}
         self._relays: dict[int, tuple[str, int, bytearray]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown_requested: asyncio.Event | None = None
@@ -156,7 +167,9 @@ class Supervisor:
         # Hooks other components (janitor, control plane) attach to.
         self.exit_hooks: list[Callable[[Program, set[int]], None]] = []
         self.components: list[Component] = []
-        self.reload_hooks: list[Callable[[Config, Config], None]] = []
+        # Called after a reload with (the old config, the plan applied); each returns
+        # section -> why applying that section's change failed.
+        self.reload_hooks: list[Callable[[Config, ReloadPlan], dict[str, str]]] = []
 
     # -- the steps ------------------------------------------------------------------------
 
@@ -268,9 +281,13 @@ class Supervisor:
 
     def _on_reload_signal(self) -> None:
         log.info("got SIGHUP, reloading the config")
-        error = self.reload()
-        if error:
+        try:
+            plan = self.reload()
+        except ReloadError as error:
             log.error("%s", error)
+            return
+        for change in plan.changes:
+            log.info("reload: %s", change.describe())
 
     def _forward(self, signum: int) -> None:
         """USR1/USR2/WINCH received: pass it on to the process group of every program
@@ -347,7 +364,7 @@ class Supervisor:
                 hook(program, pids)
             except Exception:
                 log.exception("exit hook failed for %s", program.name)
-        watch = self._watches.get(program.name)
+        watch = self._watches.get(program)
         if watch is not None:
             if watch.sampler is not None:
                 watch.sampler.watch(None)
@@ -359,6 +376,11 @@ class Supervisor:
     # -- Effects for Program --------------------------------------------------------------------
 
     def spawn(self, program: Program) -> int:
+        leaving = self._leaving.get(program.name)
+        if leaving is not None and leaving is not program:
+            # Its tree and cgroup are named after it: two at once would be one tree.
+            raise SpawnError(f"the previous {program.name}, removed by a reload, has not "
+                             "exited yet")
         environment = {**program.extra_environment, PROGRAM_ENV: program.name}
         with self.trees.placed(program.name):
             spawned = spawn(program.name, program.config, environment)
@@ -366,7 +388,7 @@ class Supervisor:
         self._children[spawned.pid] = _Child(program=program, spawned=spawned)
         self._relay_output(program.name, spawned.stdout, 1)
         self._relay_output(program.name, spawned.stderr, 2)
-        watch = self._watches.get(program.name)
+        watch = self._watches.get(program)
         if watch is not None and watch.sampler is not None:
             watch.sampler.watch(spawned.pid)
         return spawned.pid
@@ -497,11 +519,11 @@ class Supervisor:
 
     def _watch(self, program: Program) -> None:
         """Start hang sampling and the liveness probe as the program's config says."""
-        old = self._watches.pop(program.name, None)
+        old = self._watches.pop(program, None)
         if old is not None:
             old.cancel()
         watch = _Watch()
-        self._watches[program.name] = watch
+        self._watches[program] = watch
         assert self._loop is not None
         config = program.config
         if config.hang.enabled:
@@ -515,7 +537,7 @@ class Supervisor:
             watch.tasks.append(self._loop.create_task(self._liveness_loop(program, watch)))
 
     async def _stop_all(self) -> None:
-        for program in reversed(list(self.programs.values())):
+        for program in [*reversed(list(self.programs.values())), *self._leaving.values()]:
             program.stop("shutdown")
             await self.wait_for(functools.partial(_done_stopping, program), None)
 
@@ -701,56 +723,104 @@ class Supervisor:
     def liveness_state(self, program: Program) -> LivenessState:
         if program.config.liveness is None:
             return "off"
-        last = self._watches[program.name].liveness.last_ok
+        watch = self._watches.get(program)
+        last = None if watch is None else watch.liveness.last_ok
         return "unknown" if last is None else ("passing" if last else "failing")
 
     # -- reload -------------------------------------------------------------------------------
 
-    def reload(self) -> str | None:
-        """Re-read the config; restart changed programs. Returns an error, or None."""
+    def reload(self, *, dry_run: bool = False) -> ReloadPlan:
+        """Re-read the config and apply the plan (reload.py); with ``dry_run`` only say
+        what it would do. Raises ReloadError, changing nothing, if it cannot be read."""
         if not self.config_paths:
-            return "cannot reload: clawsup was started without a config file"
+            raise ReloadError("cannot reload: clawsup was started without a config file")
         try:
             new = load_config(*self.config_paths)
         except ConfigError as error:
-            self.emit("reload_failed", None, f"config reload failed, keeping the old one: {error}")
-            return f"config reload failed, keeping the old one: {error}"
-        old_config = self.config
-        old_programs = old_config.programs
-        self.config = new
-        for name in list(self.programs):
-            if name not in new.programs:
-                program = self.programs[name]
-                program.stop("removed from config")
-                self._forget_when_stopped(program)
-        for name, program_config in new.programs.items():
-            if name not in old_programs or name not in self.programs:
-                program = self._add_program(name, program_config)
-                if program_config.autostart:
-                    program.start("added by reload")
-            elif old_programs[name] != program_config:
-                program = self.programs[name]
-                program.config = program_config
-                old = old_programs[name]
-                if (old.hang, old.liveness) != (program_config.hang, program_config.liveness):
-                    self._watch(program)
-                if program.state in (State.STARTING, State.RUNNING, State.BACKOFF):
-                    program.restart("config_changed")
+            message = f"config reload failed, keeping the old one: {error}"
+            if not dry_run:
+                self.emit("reload_failed", None, message)
+            raise ReloadError(message) from None
+        old = self.config
+        # entrypoint.py leaves ssl out (a None entry) when nothing needs it; absent, it
+        # can still be imported.
+        tls = sys.modules.get("ssl", sys) is not None
+        plan = plan_reload(old, new, tls=tls)
+        if dry_run:
+            return plan
+        self.config = plan.config
+        self._apply_to_programs(plan)
+        errors: dict[str, str] = {}
         for hook in self.reload_hooks:
-            hook(old_config, new)
-        self.emit("reloaded", None, "config reloaded")
-        return None
+            errors.update(hook(old, plan))
+        plan = plan.failed(errors)
+        self.emit("reloaded", None, f"config reloaded: {plan.summary()}",
+                  {"changes": [change.describe() for change in plan.changes]})
+        return plan
 
-    def _forget_when_stopped(self, program: Program) -> None:
-        async def forget() -> None:
-            await self.wait_for(lambda: program.state is not State.STOPPING, None)
-            watch = self._watches.pop(program.name, None)
-            if watch is not None:
-                watch.cancel()
-            self.programs.pop(program.name, None)
+    def _apply_to_programs(self, plan: ReloadPlan) -> None:
+        new = plan.config.programs
+        for name, program in list(self.programs.items()):
+            if name not in new:
+                self._remove(program)
+        for name, config in new.items():
+            current = self.programs.get(name)
+            if current is None or current in self._leaving.values():
+                self._re_add(name, config)
+                continue
+            program = current
+            change = plan.change(f"programs.{name}")
+            if change is None:
+                continue
+            program.config = config
+            if any(key in WATCH_KEYS for key in change.keys):
+                self._watch(program)
+            if change.action == "restart" and program.state in (
+                    State.STARTING, State.RUNNING, State.BACKOFF):
+                program.restart("config_changed")
 
+    def _remove(self, program: Program) -> None:
+        """Stop it; it stays listed (STOPPING) until it has exited, then is forgotten."""
+        if self._leaving.get(program.name) is program:
+            return  # removed by an earlier reload, still stopping
+        self._start_after_leaving.pop(program.name, None)
+        program.stop("removed from config")
+        if program.state is not State.STOPPING:
+            self._forget(program)
+            return
+        self._leaving[program.name] = program
         assert self._loop is not None
-        self._loop.create_task(forget())
+        self._loop.create_task(self._forget_when_stopped(program))
+
+    def _re_add(self, name: str, config: ProgramConfig) -> None:
+        """Added by a reload; if a removed namesake is still stopping, it replaces that one
+        in the table at once and starts once the old one has exited."""
+        program = self._add_program(name, config)
+        if not config.autostart:
+            return
+        if name in self._leaving:
+            self._start_after_leaving[name] = program
+        else:
+            program.start("added by reload")
+
+    async def _forget_when_stopped(self, program: Program) -> None:
+        # Not done while unkillable: its tree is still ending under its name (tree.py).
+        await self.wait_for(lambda: program.state is not State.STOPPING, None)
+        if self._leaving.get(program.name) is program:
+            del self._leaving[program.name]
+        self._forget(program)
+        successor = self._start_after_leaving.pop(program.name, None)
+        if (successor is not None and self.programs.get(program.name) is successor
+                and successor.state is State.STOPPED):
+            successor.start("added by reload")
+
+    def _forget(self, program: Program) -> None:
+        """Drop a removed program's watch, and its table entry unless a namesake has it."""
+        watch = self._watches.pop(program, None)
+        if watch is not None:
+            watch.cancel()
+        if self.programs.get(program.name) is program:
+            del self.programs[program.name]
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -764,7 +834,7 @@ class Supervisor:
         return msgspec.structs.replace(status, stuck_thread=stuck) if stuck else status
 
     def stuck_thread(self, program: Program) -> str:
-        watch = self._watches.get(program.name)
+        watch = self._watches.get(program)
         return "" if watch is None else hang.stuck_thread(watch.threads, self.clock.monotonic())
 
     def health(self) -> HealthReply:

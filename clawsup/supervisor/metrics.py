@@ -123,6 +123,13 @@ class Metrics:
             ) from error
         log.info("metrics on http://%s/metrics", self.address)
 
+    def listen_on(self, config: MetricsConfig) -> None:
+        """Serve the same counters on another address (a reload); raises MetricsError,
+        serving nothing then."""
+        self.close()
+        self.host, self._requested_port = parse_listen(config.listen)
+        self.start()
+
     @property
     def port(self) -> int | None:
         """The bound port (the real one when the config asked for port 0)."""

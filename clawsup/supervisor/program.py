@@ -167,7 +167,10 @@ def describe_status(status: int) -> tuple[int | None, str | None]:
     return None, None
 
 
-@dataclass
+# eq=False: a Program is equal only to itself, and hashable, so that what the loop keeps
+# per program (its watch, daemon.py) is keyed on the object: a reload may remove a name
+# and add it again while the old program is still stopping.
+@dataclass(eq=False)
 class Program:
     """One ``[programs.NAME]``: its config, its state and the process it runs."""
 

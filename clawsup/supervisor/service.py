@@ -14,11 +14,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from clawsup.protocol import Event
-from clawsup.supervisor.config import Config, JanitorConfig, expand_path
+from clawsup.supervisor.config import (
+    AlertsConfig,
+    Config,
+    JanitorConfig,
+    MetricsConfig,
+    expand_path,
+)
 from clawsup.supervisor.control import ControlServer, ControlServerError
 from clawsup.supervisor.controller import Controller
 from clawsup.supervisor.daemon import ComponentError, Supervisor
@@ -27,6 +33,7 @@ from clawsup.supervisor.incidents import IncidentLog
 from clawsup.supervisor.janitor import Janitor, SweepReport
 from clawsup.supervisor.message_timeout import MessageTimeoutWatch
 from clawsup.supervisor.program import Program, State
+from clawsup.supervisor.reload import ReloadPlan
 from clawsup.supervisor.sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -97,6 +104,10 @@ class Service:
         self._message_timeout = MessageTimeoutWatch()
         self._look_timer: asyncio.TimerHandle | None = None
         self._ready_sent = False
+        self._tick_timer: _Every | None = None
+        # Alerts replaced by a reload delivering what they had queued, and their
+        # successors starting: awaited at close.
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @property
     def config(self) -> Config:
@@ -112,20 +123,13 @@ class Service:
         self.incidents = IncidentLog(state_dir / "incidents.jsonl")
         supervisor.sinks.append(self.incidents.observe)
         if self.config.metrics is not None:
-            from clawsup.supervisor.metrics import Metrics, MetricsError
-
-            self.metrics = Metrics(self.config.metrics)
-            try:
-                self.metrics.start()
-            except MetricsError as error:
-                raise ComponentError(f"cannot serve metrics: {error}") from None
-            supervisor.sinks.append(self.metrics.observe)
+            failure = self._start_metrics(self.config.metrics)
+            if failure is not None:
+                raise ComponentError(failure)
         if self.config.alerts is not None:
-            from clawsup.supervisor.alerts import Alerter
-
-            self.alerter = Alerter(self.config.alerts)
-            await self.alerter.start()
-            supervisor.sinks.append(self.alerter.submit)
+            await self._start_alerts(self.config.alerts)
+        # One sink for both: a reload may start, stop or replace either.
+        supervisor.sinks.append(self._to_metrics_and_alerts)
         self.controller = Controller(supervisor, self.incidents)
         supervisor.sinks.append(self._on_event)
         await self._start_control()
@@ -133,14 +137,44 @@ class Service:
         self.controller.apply_overrides()
         self._janitor_tick_timer = _Every(self._janitor_delay, self._janitor_tick)
         self._timers.append(self._janitor_tick_timer)
-        if self.metrics is not None or self.config.breaker is not None:
-            # Nothing else needs a 1 s tick: idle wakeups are what idle CPU is made of.
-            self._timers.append(_Every(lambda: _TICK, self._tick))
+        self._tick_if_needed()
         if self.notifier.enabled:
             interval = self.notifier.watchdog_interval()
             if interval:
                 self.notifier.watchdog()
                 self._timers.append(_Every(lambda: interval, self.notifier.watchdog))
+
+    def _tick_if_needed(self) -> None:
+        # Nothing else needs a 1 s tick: idle wakeups are what idle CPU is made of. Once
+        # started it stays (a reload may stop metrics and start them again).
+        if self._tick_timer is None and (
+                self.metrics is not None or self.config.breaker is not None):
+            self._tick_timer = _Every(lambda: _TICK, self._tick)
+            self._timers.append(self._tick_timer)
+
+    def _start_metrics(self, config: MetricsConfig) -> str | None:
+        """Serve metrics; the reason if the address cannot be bound."""
+        from clawsup.supervisor.metrics import Metrics, MetricsError
+
+        metrics = Metrics(config)
+        try:
+            metrics.start()
+        except MetricsError as error:
+            return f"cannot serve metrics: {error}"
+        self.metrics = metrics
+        return None
+
+    async def _start_alerts(self, config: AlertsConfig) -> None:
+        from clawsup.supervisor.alerts import Alerter
+
+        self.alerter = Alerter(config)
+        await self.alerter.start()
+
+    def _to_metrics_and_alerts(self, event: Event) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(event)
+        if self.alerter is not None:
+            self.alerter.submit(event)
 
     async def _start_control(self) -> None:
         assert self.controller is not None
@@ -214,17 +248,70 @@ class Service:
             self._look_timer.cancel()
             self._look_timer = None
 
-    def _reconfigure(self, old: Config, new: Config) -> None:
-        """After a successful reload: new janitor settings take effect at once."""
+    def _reconfigure(self, old: Config, plan: ReloadPlan) -> dict[str, str]:
+        """After a successful reload: apply what the plan says of the sections around the
+        programs (the supervisor applied the programs). Returns section -> why applying
+        its change failed."""
+        new = plan.config
         if self.controller is not None:
-            self.controller.configure(new)
-        if old.janitor != new.janitor and self.janitor is not None:
+            self.controller.configure(new, keep_breaker=plan.change("breaker") is None)
+        if plan.change("janitor") is not None and self.janitor is not None:
             self._close_janitor()
             self._open_janitor(new.janitor)
             if self._janitor_tick_timer is not None:
                 self._janitor_tick_timer.no_later_than(asyncio.get_running_loop().time())
         else:
             self._refresh_message_timeout()
+        if old.supervisor.log_level != new.supervisor.log_level:
+            logging.getLogger().setLevel(new.supervisor.log_level.upper())
+        errors = {}
+        if plan.change("alerts") is not None:
+            self._replace_alerts(new.alerts)
+        if plan.change("metrics") is not None:
+            error = self._replace_metrics(old.metrics, new.metrics)
+            if error is not None:
+                errors["metrics"] = error
+        self._tick_if_needed()
+        return errors
+
+    def _replace_alerts(self, config: AlertsConfig | None) -> None:
+        """New alerts take the events from now on; the old ones deliver their queue."""
+        old, self.alerter = self.alerter, None
+        if old is not None:
+            self._in_background(old.close())
+        if config is not None:
+            from clawsup.supervisor.alerts import Alerter
+
+            self.alerter = Alerter(config)
+            self._in_background(self.alerter.start())
+
+    def _replace_metrics(self, old: MetricsConfig | None,
+                         new: MetricsConfig | None) -> str | None:
+        """Serve on the new address, the counters kept; if it cannot be bound, on the old
+        one still. The reason it could not, or None."""
+        if self.metrics is None:
+            return None if new is None else self._start_metrics(new)
+        if new is None:
+            self.metrics.close()
+            self.metrics = None
+            return None
+        from clawsup.supervisor.metrics import MetricsError
+
+        try:
+            self.metrics.listen_on(new)
+        except MetricsError as error:
+            if old is not None:
+                try:
+                    self.metrics.listen_on(old)
+                except MetricsError as again:
+                    log.error("metrics are not served any more: %s", again)
+            return f"{error}; still on {old.listen if old else 'nothing'}"
+        return None
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
         for timer in self._timers:
@@ -235,6 +322,8 @@ class Service:
             await self.control.close()
         if self.alerter is not None:
             await self.alerter.close()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.close)
         self.notifier.close()
