@@ -14,10 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import json5
+import msgspec
 import pytest
 
 from clawsup.client import Client, CommandFailed
-from clawsup.protocol import ReloadChange
+from clawsup.protocol import (
+    DoneReply,
+    Reload,
+    ReloadChange,
+    ReloadReply,
+    decode_request,
+    encode,
+)
 from clawsup.supervisor.config import Config, load_config
 from clawsup.supervisor.reload import plan_reload
 from tests.test_every_event import Webhook
@@ -167,6 +175,19 @@ def test_a_change_reads_as_one_line() -> None:
                         ).describe() == "supervisor: needs a clawsup restart (run_dir)"
     assert ReloadChange(section="metrics", action="restart", error="port taken").describe() \
         == "metrics: restart FAILED: port taken"
+
+
+def test_the_plan_on_the_wire_is_read_by_old_and_new_clients_alike() -> None:
+    # An old client sends a bare reload and reads the reply as a DoneReply.
+    assert msgspec.json.encode(Reload()) == b'{"cmd":"reload"}'
+    assert decode_request(b'{"cmd":"reload","dry_run":true}') == Reload(dry_run=True)
+    reply = ReloadReply(message="config reloaded: 1 change(s)", changes=[
+        ReloadChange(section="metrics", action="restart", keys=["listen"])])
+    old = msgspec.json.decode(encode(reply), type=DoneReply)
+    assert old.message == "config reloaded: 1 change(s)"
+    # A new client reads an old supervisor's reply as a plan without changes.
+    new = msgspec.json.decode(encode(DoneReply(message="config reloaded")), type=ReloadReply)
+    assert (new.message, new.changes, new.dry_run) == ("config reloaded", [], False)
 
 
 # -- a real clawsup ------------------------------------------------------------------------
