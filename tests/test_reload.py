@@ -416,3 +416,21 @@ def test_metrics_move_to_a_new_port_on_reload_and_keep_their_counters(clawsup_at
     text = wait_until(lambda: _scrape(new_port), 10, what="metrics on the new port")
     assert 'clawsup_events_total{kind="reloaded"} 2.0' in text
     assert _scrape(old_port) is None
+
+
+def test_metrics_stay_on_the_old_port_when_the_new_one_is_taken(clawsup_at) -> None:
+    import socket
+
+    old_port = _free_port()
+    _, client, config = clawsup_at(GW + f'[metrics]\nlisten = "127.0.0.1:{old_port}"\n')
+    wait_until(lambda: _running(client, "gw"), 20)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        new_port = taken.getsockname()[1]
+        config.write_text(config.read_text().replace(str(old_port), str(new_port)))
+        (change,) = client.reload().changes
+        assert (change.section, change.action) == ("metrics", "restart")
+        assert f"127.0.0.1:{new_port}" in change.error
+        assert f"still on 127.0.0.1:{old_port}" in change.error
+    assert "clawsup_events_total" in (wait_until(lambda: _scrape(old_port), 10) or "")
