@@ -156,6 +156,9 @@ class Supervisor:
         # Hooks other components (janitor, control plane) attach to.
         self.exit_hooks: list[Callable[[Program, set[int]], None]] = []
         self.components: list[Component] = []
+        # Set for every program by the components (CLAWSUP_SOCKET); a program's own
+        # ``environment`` and its extra_environment win.
+        self.program_environment: dict[str, str] = {}
         self.reload_hooks: list[Callable[[Config, Config], None]] = []
 
     # -- the steps ------------------------------------------------------------------------
@@ -359,7 +362,12 @@ class Supervisor:
     # -- Effects for Program --------------------------------------------------------------------
 
     def spawn(self, program: Program) -> int:
-        environment = {**program.extra_environment, PROGRAM_ENV: program.name}
+        environment = {
+            **{key: value for key, value in self.program_environment.items()
+               if key not in program.config.environment},
+            **program.extra_environment,
+            PROGRAM_ENV: program.name,
+        }
         with self.trees.placed(program.name):
             spawned = spawn(program.name, program.config, environment)
         self.trees.started(program.name, spawned.pid)
