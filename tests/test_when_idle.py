@@ -302,3 +302,19 @@ def test_programs_find_the_control_socket_in_their_environment(box: Box) -> None
     pid = box.pid()
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     assert f"CLAWSUP_SOCKET={box.endpoint}".encode() in environ
+
+
+# -- free text never steers accounting ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["hung", "crashed", "start_timeout", REASON])
+def test_a_reason_that_spells_an_internal_one_stays_free_text(box: Box, text: str) -> None:
+    pid = box.pid()
+    assert pid is not None
+    box.client.restart(reason=text)
+    box.new_pid(pid)
+    exited = box.event("exited")
+    assert exited["data"]["reason"] == f"manual: {text}"
+    assert box.event("restarted")["data"]["reason"] == f"manual: {text}"
+    assert box.client.incidents().latest == []
+    assert box.client.status().programs[0].last_exit.reason == f"manual: {text}"

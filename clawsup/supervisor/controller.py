@@ -70,7 +70,14 @@ from clawsup.supervisor.opsfiles import (
     SetModelRequest,
     SetTimezoneRequest,
 )
-from clawsup.supervisor.program import KILL_TIMEOUT, Program, State, TimerHandle
+from clawsup.supervisor.program import (
+    HUNG,
+    KILL_TIMEOUT,
+    START_TIMEOUT,
+    Program,
+    State,
+    TimerHandle,
+)
 from clawsup.units import format_duration
 
 log = logging.getLogger("clawsup")
@@ -96,6 +103,18 @@ class _IdleWait:
     program: Program
     pending: PendingRestart
     timer: TimerHandle | None = None
+
+
+# Reasons that make clawsup count or decide something: a failure (backoff, crash-loop
+# budget, the model breaker's "crashed"), or a restart when idle. A client's free text
+# that happens to spell one is kept as text, not taken for it.
+_INTERNAL_REASONS = frozenset({HUNG, START_TIMEOUT, "crashed", REASON})
+
+
+def _operator_reason(reason: str | None) -> str:
+    if not reason:
+        return "manual"
+    return f"manual: {reason}" if reason in _INTERNAL_REASONS else reason
 
 
 def _running_pid(program: Program) -> int | None:
@@ -203,7 +222,7 @@ class Controller:
                 return error_reply(BAD_VALUE, "max_wait applies only to a restart with when_idle")
             case Restart(program=name, wait=wait, reason=reason):
                 self._cancel_idle_restart(name, "restarted by operator")
-                return await self.restart(name, reason or "manual", wait)
+                return await self.restart(name, _operator_reason(reason), wait)
             case Signal(signal=signame, program=name):
                 return self._signal(signame, name)
             case SetModel(model=model):
