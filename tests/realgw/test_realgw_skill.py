@@ -157,18 +157,23 @@ def test_a_turn_sets_the_model_with_the_skill_and_the_next_turn_uses_it(serving:
         serving.ctl_ok("set-model", "fake/model-a")
 
 
-def test_a_bad_model_gets_clawsupctls_error_back_into_the_turn_and_changes_nothing(
-    serving: RealRun,
+@pytest.mark.parametrize(("command", "error", "field", "kind"), [
+    ("set-model no-such-model", "bad model name 'no-such-model'", "model", "model_changed"),
+    ("set-timezone Mars/Olympus_Mons", "unknown time zone 'Mars/Olympus_Mons'", "timezone",
+     "timezone_changed"),
+])
+def test_a_bad_value_gets_clawsupctls_error_back_into_the_turn_and_changes_nothing(
+    serving: RealRun, command: str, error: str, field: str, kind: str,
 ) -> None:
-    before = json.loads(serving.ctl_ok("status", "--json"))["model"]
-    changes = len(serving.events.of("model_changed"))
-    reply, result = _exec_turn(serving, "skill-bad-model", "clawsupctl set-model no-such-model")
+    before = json.loads(serving.ctl_ok("status", "--json"))[field]
+    changes = len(serving.events.of(kind))
+    reply, result = _exec_turn(serving, f"skill-bad-{field}", f"clawsupctl {command}")
     assert reply["result"]["payloads"][0]["text"] == "done"
-    error = next((line for line in result.splitlines() if line.startswith("clawsupctl:")), result)
-    assert "bad model name 'no-such-model'" in error, result
-    assert "code 1" in result  # the exec tool reports the exit status
-    assert json.loads(serving.ctl_ok("status", "--json"))["model"] == before
-    assert len(serving.events.of("model_changed")) == changes
+    # clawsupctl's one line, as the exec tool hands the command's output to the model.
+    assert f"clawsupctl: {error}" in result, result
+    assert "code 1" in result, result  # the exec tool reports the exit status
+    assert json.loads(serving.ctl_ok("status", "--json"))[field] == before
+    assert len(serving.events.of(kind)) == changes
 
 
 def test_a_turn_asks_for_a_restart_when_idle_and_its_reply_comes_first(serving: RealRun) -> None:
