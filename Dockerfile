@@ -144,6 +144,12 @@ RUN python3 -m venv /opt/clawsup \
     && ln -s /opt/clawsup/bin/clawsup /opt/clawsup/bin/clawsupctl /usr/local/bin/ \
     && clawsup --version
 
+# The clawsup skill (status, health, incidents, set-model, set-timezone, restart when
+# idle) among the gateway's bundled skills, <its package>/skills: in the image, not on
+# the volume, so a new image brings its new version. A skill of the same name in
+# ~/.clawdbot/skills wins over it.
+RUN clawsup install-skill /app/skills
+
 # The shipped config, unchanged: the single source of truth for the gateway's command.
 # Then run_dir (control.sock, events.sock) and state_dir (overrides, incident log) as in
 # that config, and the gateway's home: all the node user's, and private to it.

@@ -1,4 +1,4 @@
-"""``clawsup run | check | demo``: the supervisor's own command line."""
+"""``clawsup run | check | demo | install-skill``: the supervisor's own command line."""
 
 from __future__ import annotations
 
@@ -72,6 +72,27 @@ def demo(names: tuple[str, ...], list_only: bool, keep: bool, verbose: bool) -> 
     except UnknownScenario as error:
         raise click.BadParameter(str(error), param_hint="'--scenario'") from None
     sys.exit(run_demo(scenarios, keep=keep, verbose=verbose))
+
+
+@main.command(name="install-skill")
+@click.argument("directory", required=False, metavar="[DIR]",
+                type=click.Path(file_okay=False, writable=True))
+def install_skill(directory: str | None) -> None:
+    """Install the clawsup skill for the Clawdbot gateway into DIR/clawsup.
+
+    DIR is a skills directory the gateway loads, by default ~/.clawdbot/skills (the
+    managed skills of the user the gateway runs as). The skill lets the agent answer
+    status, health and incident questions, set the model and time zone, and restart its
+    gateway when idle, all through clawsupctl, which must be on the gateway's PATH.
+    An existing DIR/clawsup is replaced (it is this skill, perhaps an older version).
+    """
+    from clawsup.skill import SkillInstallError, install
+
+    try:
+        installed = install(directory)
+    except SkillInstallError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"installed the clawsup skill in {installed}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,12 @@ class Stop(_Request, tag="stop", frozen=True):
 class Restart(_Request, tag="restart", frozen=True):
     program: str | None = None
     wait: bool = True
-    reason: str | None = None
+    reason: str | None = None  # free text, shown in events; never steers what clawsup does
+    # Restart when the program holds no transcript lock (no message in flight), or at
+    # max_wait (seconds, or a duration string like "10m"; default 10 minutes) with one
+    # still held. Answered at once with a ScheduledReply; ``wait`` does not apply.
+    when_idle: bool = False
+    max_wait: float | str | None = None
 
 
 class Signal(_Request, tag="signal", frozen=True):
@@ -209,6 +214,23 @@ class SettingReply(msgspec.Struct, frozen=True, kw_only=True):
     applied: str  # "reload", "restart" or "pending"
 
 
+class ScheduledReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Reply to a restart with ``when_idle``: the restart it scheduled (or found pending)."""
+
+    ok: Literal[True] = True
+    program: str
+    pid: int | None  # the process that will be restarted
+    requested_at: float  # wall clock of the request that scheduled it
+    deadline: float  # wall clock: the restart happens by then, lock or not
+    max_wait: float  # seconds
+    reason: str = ""  # the free text of the request that scheduled it
+    # True when this request found one pending and changed nothing (requests never stack).
+    already_pending: bool = False
+    # Transcript locks the program held when it answered; none: it is restarting now.
+    locks: list[str] = []
+    message: str = ""
+
+
 class VersionReply(msgspec.Struct, frozen=True, kw_only=True):
     ok: Literal[True] = True
     version: str
@@ -282,6 +304,7 @@ Reply = (
     | HealthReply
     | ProgramReply
     | SettingReply
+    | ScheduledReply
     | VersionReply
     | DoneReply
     | ReloadReply

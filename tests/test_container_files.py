@@ -709,6 +709,21 @@ def test_entrypoint_and_healthcheck_commands_exist() -> None:
     assert ctl.returncode == 0, ctl.stderr
 
 
+def test_the_skill_is_installed_into_the_gateways_bundled_skills(
+    final: Stage, shipped: dict[str, Any]
+) -> None:
+    """The gateway loads <its package root>/skills as its bundled skills: the shipped
+    config's gateway directory (the release's package root, /app), where the build puts
+    the clawsup skill with clawsup's own documented command, after clawsup is installed."""
+    runs = [i.args for i in final.all("RUN")]
+    directory = shipped["programs"]["gateway"]["directory"]
+    installs = [n for n, run in enumerate(runs)
+                if shlex.split(run)[:3] == ["clawsup", "install-skill", f"{directory}/skills"]]
+    assert installs, "no RUN clawsup install-skill into the bundled skills"
+    pip = next(n for n, run in enumerate(runs) if "pip install" in run)
+    assert installs[0] > pip
+
+
 def test_shipped_config_passes_clawsup_check() -> None:
     result = clawsup_cli("check", "-c", str(SHIPPED_CONFIG))
     assert result.returncode == 0, result.stderr

@@ -22,6 +22,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,9 @@ RAISED = {
     "timezone_changed": "set_timezone on the control socket",
     "override_dropped": "a remembered model over a file edited since",
     "restart_requested": "restart.flag is written",
+    "restart_scheduled": "restart when idle of gw while a transcript lock names gw's pid",
+    "restart_cancelled": "an explicit restart of gw while that restart is pending",
+    "idle_restart": "restart when idle of gw with no lock held",
     "reloaded": "reload on the control socket",
     "reload_failed": "reload of a broken config",
 }
@@ -391,6 +395,16 @@ def test_every_event_kind_reaches_the_incident_log_the_event_socket_and_alerts(
         wait_until(lambda: "unkillable" in subscriber.kinds(), 30, what="unkillable")
         tracer.kill()
         tracer.wait()
+        _wait_for_kinds("published", subscriber.kinds, expected_published - IDLE_KINDS, 40)
+
+        # Restart when idle, last: a lock naming gw's pid is a stuck message after
+        # message_timeout (1 s here), which would count against the breaker above.
+        gw_pid = wait_until(lambda: _running(client, "gw"), 20, what="gw RUNNING")
+        _hold_lock(sessions / "1d1e0000-0000-4000-8000-000000000004.jsonl.lock", gw_pid)
+        client.restart_when_idle("gw", reason="every event test")
+        client.restart("gw")
+        wait_until(lambda: _running(client, "gw") not in (None, gw_pid), 20)
+        client.restart_when_idle("gw", reason="every event test, idle")
         _wait_for_kinds("published", subscriber.kinds, expected_published, 40)
         _wait_for_kinds("alerted", webhook.kinds, set(RAISED), 20)
 
@@ -415,6 +429,14 @@ def test_every_event_kind_reaches_the_incident_log_the_event_socket_and_alerts(
             tracer.wait()
         subscriber.close()
         clawsup.stop()
+
+
+IDLE_KINDS = {"restart_scheduled", "restart_cancelled", "idle_restart"}
+
+
+def _hold_lock(path: Path, pid: int) -> None:
+    created = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    path.write_text(json.dumps({"pid": pid, "createdAt": created}))
 
 
 def _running(client: Client, name: str) -> int | None:

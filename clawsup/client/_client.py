@@ -30,6 +30,7 @@ from clawsup.protocol import (
     ReloadReply,
     Request,
     Restart,
+    ScheduledReply,
     SetModel,
     SetTimezone,
     SettingReply,
@@ -247,6 +248,20 @@ class Client:
         when it is RUNNING again, which can take longer than the default timeout."""
         return self.request(
             Restart(program=program, wait=wait, reason=reason), ProgramReply, timeout
+        )
+
+    def restart_when_idle(
+        self,
+        program: str | None = None,
+        max_wait: float | str | None = None,
+        reason: str | None = None,
+    ) -> ScheduledReply:
+        """Restart ``program`` once it holds no transcript lock (no message in flight), or
+        at ``max_wait`` (seconds or "10m"; default 10 minutes). Answered at once; a
+        restart already pending is answered with its own schedule, not stacked."""
+        return self.request(
+            Restart(program=program, when_idle=True, max_wait=max_wait, reason=reason),
+            ScheduledReply,
         )
 
     def signal(self, sig: str | int, program: str | None = None) -> ProgramReply:

@@ -169,12 +169,44 @@ def stop(options: _Options, name: str | None) -> None:
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--no-wait", is_flag=True, help="Answer at once instead of when RUNNING again.")
+@click.option("--when-idle", is_flag=True,
+              help="Restart once NAME holds no transcript lock (no message in flight), or "
+              "at --max-wait; answers at once. Safe to ask for from inside a turn.")
+@click.option("--max-wait", metavar="DURATION",
+              help="With --when-idle: restart by then even with a lock held (default 10m, "
+              "at most 1d), e.g. 90s, 10m.")
+@click.option("--reason", metavar="TEXT",
+              help="Why, in words: shown in the events and the incident log.")
 @_pass_options
-def restart(options: _Options, name: str | None, no_wait: bool) -> None:
+def restart(options: _Options, *, name: str | None, no_wait: bool, when_idle: bool,
+            max_wait: str | None, reason: str | None) -> None:
     """Restart NAME (default: the main program); answers once it is RUNNING (serving)
-    again."""
+    again, or at once with --no-wait or --when-idle."""
+    if max_wait is not None and not when_idle:
+        raise click.UsageError("--max-wait applies only with --when-idle")
+    if when_idle:
+        seconds = _max_wait(max_wait)
+        with options.client() as client:
+            reply = client.restart_when_idle(name, seconds, reason or "clawsupctl restart --when-idle")
+        click.echo(f"{reply.program}: {reply.message}")
+        return
     with options.client(waits=not no_wait) as client, _still_starting(name):
-        _echo_program(client.restart(name, wait=not no_wait, reason="clawsupctl restart"))
+        _echo_program(client.restart(name, wait=not no_wait, reason=reason or "clawsupctl restart"))
+
+
+def _max_wait(text: str | None) -> float | None:
+    """--max-wait in seconds, checked here so that a typo is a usage error (exit 2)."""
+    if text is None:
+        return None
+    from clawsup.units import parse_duration
+
+    try:
+        seconds = float(parse_duration(text))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-wait") from None
+    if seconds > 86400:
+        raise click.BadParameter(f"at most 1d, got {text!r}", param_hint="--max-wait")
+    return seconds
 
 
 @contextlib.contextmanager

@@ -12,6 +12,8 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -33,6 +35,7 @@ from clawsup.protocol import (
     Reply,
     Request,
     Restart,
+    ScheduledReply,
     SetModel,
     SetTimezone,
     SettingReply,
@@ -51,6 +54,14 @@ from clawsup.supervisor import settings
 from clawsup.supervisor.breaker import Decision, ModelBreaker
 from clawsup.supervisor.config import Config, ProgramConfig, _signal_number, expand_path
 from clawsup.supervisor.daemon import ReloadError, Supervisor
+from clawsup.supervisor.idle_restart import (
+    CHECK_INTERVAL,
+    REASON,
+    PendingRestart,
+    Verdict,
+    decide,
+    parse_max_wait,
+)
 from clawsup.supervisor.incidents import IncidentLog
 from clawsup.supervisor.opsfiles import (
     FlagError,
@@ -60,7 +71,15 @@ from clawsup.supervisor.opsfiles import (
     SetModelRequest,
     SetTimezoneRequest,
 )
-from clawsup.supervisor.program import KILL_TIMEOUT, Program, State
+from clawsup.supervisor.program import (
+    HUNG,
+    KILL_TIMEOUT,
+    START_TIMEOUT,
+    Program,
+    State,
+    TimerHandle,
+)
+from clawsup.units import format_duration
 
 log = logging.getLogger("clawsup")
 
@@ -70,6 +89,37 @@ _SETTLED = (State.RUNNING, State.BACKOFF, State.FATAL, State.EXITED, State.STOPP
 # with the state it is in. clawsupctl's own wait (WAIT_TIMEOUT in client/ctl.py) covers
 # the shipped config's restart: 10 + 5 + (120 + 10 + 5) + 30 = 180 s.
 _WAIT_MARGIN = 30.0
+
+
+# The transcript locks a program's tree holds, as paths; ``refresh`` re-globs the session
+# directories first. Given by the service, which owns the janitor.
+LocksHeld = Callable[[Program, bool], list[str]]
+
+
+@dataclass(eq=False)
+class _IdleWait:
+    """A restart when idle, pending: keyed on the program object, not its name (a reload
+    may remove a program and add another of the same name)."""
+
+    program: Program
+    pending: PendingRestart
+    timer: TimerHandle | None = None
+
+
+# Reasons that make clawsup count or decide something: a failure (backoff, crash-loop
+# budget, the model breaker's "crashed"), or a restart when idle. A client's free text
+# that happens to spell one is kept as text, not taken for it.
+_INTERNAL_REASONS = frozenset({HUNG, START_TIMEOUT, "crashed", REASON})
+
+
+def _operator_reason(reason: str | None) -> str:
+    if not reason:
+        return "manual"
+    return f"manual: {reason}" if reason in _INTERNAL_REASONS else reason
+
+
+def _running_pid(program: Program) -> int | None:
+    return program.pid if program.state in (State.STARTING, State.RUNNING) else None
 
 
 def _start_settles_within(config: ProgramConfig) -> float:
@@ -88,6 +138,8 @@ class Controller:
         self._model_cache: tuple[float, str | None, str | None] | None = None
         self._restart_flag: RestartFlag | None = None
         self._ops: OpsInbox | None = None
+        self.locks_held: LocksHeld = lambda program, refresh: []
+        self._idle_waits: list[_IdleWait] = []
         self.configure(supervisor.config)
 
     @property
@@ -172,9 +224,15 @@ class Controller:
             case Start(program=name, wait=wait):
                 return await self._start(name, wait)
             case Stop(program=name, wait=wait):
+                self._cancel_idle_restart(name, "stopped by operator")
                 return await self._stop(name, wait)
+            case Restart(program=name, when_idle=True, max_wait=max_wait, reason=reason):
+                return self.restart_when_idle(name, max_wait, reason or "")
+            case Restart(max_wait=max_wait) if max_wait is not None:
+                return error_reply(BAD_VALUE, "max_wait applies only to a restart with when_idle")
             case Restart(program=name, wait=wait, reason=reason):
-                return await self.restart(name, reason or "manual", wait)
+                self._cancel_idle_restart(name, "restarted by operator")
+                return await self.restart(name, _operator_reason(reason), wait)
             case Signal(signal=signame, program=name):
                 return self._signal(signame, name)
             case SetModel(model=model):
@@ -284,6 +342,133 @@ class Controller:
                    + _start_settles_within(program.config) + _WAIT_MARGIN)
         await self.supervisor.wait_for(settled, timeout)
         return self._program_reply(program, "restart", waited=True)
+
+    # -- restart when idle (idle_restart.py decides) ------------------------------------------
+
+    def restart_when_idle(self, name: str | None, max_wait: float | str | None,
+                          detail: str) -> Reply:
+        """Schedule a restart for when the program holds no transcript lock; answer at once.
+
+        A second request while one is pending changes nothing and gets the pending one's
+        schedule: requests from several turns must not stack into several restarts.
+        """
+        program = self._program(name)
+        if isinstance(program, ErrorReply):
+            return program
+        try:
+            seconds = parse_max_wait(max_wait)
+        except ValueError as error:
+            return error_reply(BAD_VALUE, f"cannot restart {program.name} when idle: {error}")
+        waiting = self._idle_wait(program)
+        if waiting is not None:
+            return self._scheduled(waiting, self.locks_held(program, False), already_pending=True)
+        clock = self.supervisor.clock
+        pid = _running_pid(program)
+        held = self.locks_held(program, True) if pid is not None else []
+        waiting = _IdleWait(program, PendingRestart(
+            pid=pid or 0, requested_at=clock.time(), deadline=clock.monotonic() + seconds,
+            max_wait=seconds, detail=detail))
+        reply = self._scheduled(waiting, held)
+        if pid is None or not held:
+            # Nothing in flight (or nothing running at all): no reason to wait.
+            self._restart_idle(waiting, Verdict.IDLE, [])
+            return reply
+        self.supervisor.emit(
+            "restart_scheduled", program.name,
+            f"restart of {program.name} when idle asked for{_quoted(detail)}: waiting for "
+            f"{len(held)} transcript lock(s) to go, at most {_seconds(seconds)}",
+            {"reason": REASON, "detail": detail, "pid": pid, "max_wait": seconds,
+             "deadline": reply.deadline, "locks": held})
+        self._idle_waits.append(waiting)
+        self._check_idle_later(waiting)
+        return reply
+
+    def _scheduled(self, waiting: _IdleWait, held: list[str], *,
+                   already_pending: bool = False) -> ScheduledReply:
+        pending, program = waiting.pending, waiting.program
+        deadline = pending.requested_at + pending.max_wait
+        if already_pending:
+            message = (f"a restart of {program.name} when idle is already pending (asked for "
+                       f"at {_clock(pending.requested_at)}): it happens when no transcript lock "
+                       f"is held, at the latest at {_clock(deadline)}")
+        elif held:
+            message = (f"restart of {program.name} scheduled: when no transcript lock is held "
+                       f"({len(held)} now), at the latest at {_clock(deadline)} "
+                       f"(max wait {_seconds(pending.max_wait)})")
+        else:
+            message = f"no transcript lock held: restarting {program.name} now"
+        return ScheduledReply(
+            program=program.name, pid=program.pid, requested_at=pending.requested_at,
+            deadline=deadline, max_wait=pending.max_wait, reason=pending.detail,
+            already_pending=already_pending, locks=held, message=message)
+
+    def _idle_wait(self, program: Program) -> _IdleWait | None:
+        return next((w for w in self._idle_waits if w.program is program), None)
+
+    def _check_idle_later(self, waiting: _IdleWait) -> None:
+        waiting.timer = self.supervisor.call_later(
+            CHECK_INTERVAL, lambda: self._check_idle(waiting))
+
+    def _check_idle(self, waiting: _IdleWait) -> None:
+        if waiting not in self._idle_waits:
+            return  # cancelled; a timer that fires late is ignored
+        program = waiting.program
+        pid_now = _running_pid(program)
+        held = self.locks_held(program, False) if pid_now is not None else []
+        verdict = decide(waiting.pending, pid_now=pid_now, held=held,
+                         now=self.supervisor.clock.monotonic())
+        if verdict is Verdict.WAIT:
+            self._check_idle_later(waiting)
+            return
+        self._idle_waits.remove(waiting)
+        if verdict is Verdict.OVERTAKEN:
+            now = f"pid {pid_now}" if pid_now is not None else program.state.value
+            self._cancelled(waiting, f"pid {waiting.pending.pid} is gone ({program.name} is {now})")
+            return
+        self._restart_idle(waiting, verdict, held)
+
+    def _restart_idle(self, waiting: _IdleWait, verdict: Verdict, held: list[str]) -> None:
+        program, pending = waiting.program, waiting.pending
+        waited = max(0.0, self.supervisor.clock.time() - pending.requested_at)
+        at_max_wait = verdict is Verdict.MAX_WAIT
+        if at_max_wait:
+            why = (f"max wait {_seconds(pending.max_wait)} ran out with {len(held)} transcript "
+                   f"lock(s) still held ({', '.join(held)})")
+        else:
+            why = f"no transcript lock held after {_seconds(waited)}"
+        self.supervisor.emit(
+            "idle_restart", program.name,
+            f"restarting {program.name} as asked for{_quoted(pending.detail)}: {why}",
+            {"reason": REASON, "detail": pending.detail, "pid": program.pid,
+             "waited": round(waited, 3), "max_wait": pending.max_wait,
+             "at_max_wait": at_max_wait, "locks": held})
+        program.restart(REASON)
+
+    def _cancel_idle_restart(self, name: str | None, cause: str) -> None:
+        program = self._program(name)
+        if isinstance(program, ErrorReply):
+            return
+        waiting = self._idle_wait(program)
+        if waiting is not None:
+            self._idle_waits.remove(waiting)
+            self._cancelled(waiting, cause)
+
+    def _cancelled(self, waiting: _IdleWait, cause: str) -> None:
+        if waiting.timer is not None:
+            waiting.timer.cancel()
+        program, pending = waiting.program, waiting.pending
+        self.supervisor.emit(
+            "restart_cancelled", program.name,
+            f"pending restart of {program.name} when idle{_quoted(pending.detail)} "
+            f"cancelled: {cause}",
+            {"reason": REASON, "detail": pending.detail, "cause": cause})
+
+    def close(self) -> None:
+        """The supervisor is going: pending restarts go with it, quietly."""
+        for waiting in self._idle_waits:
+            if waiting.timer is not None:
+                waiting.timer.cancel()
+        self._idle_waits.clear()
 
     def _program_reply(self, program: Program, what: str, *, waited: bool) -> Reply:
         if program.state is State.RUNNING:
@@ -495,6 +680,18 @@ class Controller:
             reply = self.set_model(decision.switch_to, "model breaker", by_breaker=True)
             if isinstance(reply, ErrorReply):
                 log.error("the model breaker could not switch models: %s", reply.error.message)
+
+
+def _quoted(detail: str) -> str:
+    return f" ({detail!r})" if detail else ""
+
+
+def _seconds(seconds: float) -> str:
+    return format_duration(seconds)
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
 
 
 def _as_dict(reply: Reply) -> dict[str, Any]:

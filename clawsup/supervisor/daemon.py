@@ -167,6 +167,9 @@ class Supervisor:
         # Hooks other components (janitor, control plane) attach to.
         self.exit_hooks: list[Callable[[Program, set[int]], None]] = []
         self.components: list[Component] = []
+        # Set for every program by the components (CLAWSUP_SOCKET); a program's own
+        # ``environment`` and its extra_environment win.
+        self.program_environment: dict[str, str] = {}
         # Called after a reload with (the old config, the plan applied); each returns
         # section -> why applying that section's change failed.
         self.reload_hooks: list[Callable[[Config, ReloadPlan], dict[str, str]]] = []
@@ -381,7 +384,12 @@ class Supervisor:
             # Its tree and cgroup are named after it: two at once would be one tree.
             raise SpawnError(f"the previous {program.name}, removed by a reload, has not "
                              "exited yet")
-        environment = {**program.extra_environment, PROGRAM_ENV: program.name}
+        environment = {
+            **{key: value for key, value in self.program_environment.items()
+               if key not in program.config.environment},
+            **program.extra_environment,
+            PROGRAM_ENV: program.name,
+        }
         with self.trees.placed(program.name):
             spawned = spawn(program.name, program.config, environment)
         self.trees.started(program.name, spawned.pid)

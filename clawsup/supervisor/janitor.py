@@ -216,6 +216,16 @@ Finding = OrphanLock | ArchivedSession | PurgedArchive | StuckMessage
 
 
 @dataclass(frozen=True, slots=True)
+class HeldLock:
+    """A transcript lock whose owner is alive: a message in flight (not a finding)."""
+
+    path: Path
+    pid: int
+    held_for: float
+    program: str | None  # our program the owner belongs to (itself or an ancestor)
+
+
+@dataclass(frozen=True, slots=True)
 class SweepReport:
     removed_locks: tuple[OrphanLock, ...] = ()
     archived: tuple[ArchivedSession, ...] = ()
@@ -223,6 +233,9 @@ class SweepReport:
     stuck: tuple[StuckMessage, ...] = ()
     errors: tuple[str, ...] = ()  # problems logged for the first time by this sweep
     full_pass: bool = False
+    # Every transcript lock left with a live owner (restart when idle waits for none of
+    # its program's).
+    held: tuple[HeldLock, ...] = ()
 
     def findings(self) -> Iterator[Finding]:
         """Every finding, each with ``kind``, ``program``, ``message`` and ``event_data()``."""
@@ -253,6 +266,7 @@ class _Findings:
     purged: list[PurgedArchive] = field(default_factory=list)
     stuck: list[StuckMessage] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    held: list[HeldLock] = field(default_factory=list)
 
     def report(self, full_pass: bool) -> SweepReport:
         return SweepReport(
@@ -262,6 +276,7 @@ class _Findings:
             tuple(self.stuck),
             tuple(self.errors),
             full_pass,
+            tuple(self.held),
         )
 
 
@@ -520,10 +535,12 @@ class Janitor:
             elif event.name:
                 directory.dirty.add(event.name)
 
-    def sweep(self, owners: Mapping[int, str] | None = None) -> SweepReport:
+    def sweep(self, owners: Mapping[int, str] | None = None, *, refresh: bool = False) -> SweepReport:
         """One interval's work. ``owners``: pid -> program name of our live programs, used
-        to say which program a stuck message belongs to."""
-        return self._sweep(owners or {}, report_stuck=True, refresh=False)
+        to say which program a stuck message or a held lock belongs to. ``refresh``
+        re-globs the directories first (an agent directory created since the last full
+        pass counts too)."""
+        return self._sweep(owners or {}, report_stuck=True, refresh=refresh)
 
     def quiet_until(self) -> float | None:
         """Until when (wall clock) sweeps would find nothing to do unless inotify reports
@@ -1006,6 +1023,9 @@ class Janitor:
                     continue
                 key = (directory.key, name, content.pid, lock_birth(content, mtime, now))
                 live_keys.add(key)
+                # Without owners there is no program to find (and no ancestors to walk).
+                held_by = self._program_of(content.pid, owners, owner_of) if owners else None
+                found.held.append(HeldLock(directory.path / name, content.pid, verdict.age, held_by))
                 if report_stuck and stuck_report_due(
                     verdict.age, self.message_timeout, self._stuck_reported.get(key), now
                 ):
@@ -1015,7 +1035,7 @@ class Janitor:
                         content.pid,
                         name[: -len(TRANSCRIPT_LOCK_SUFFIX)],
                         verdict.age,
-                        self._program_of(content.pid, owners, owner_of),
+                        held_by,
                     )
                     log.warning("%s", stuck.message)
                     found.stuck.append(stuck)

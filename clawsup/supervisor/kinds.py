@@ -56,6 +56,15 @@ _CATALOGUE = (
     Kind("override_dropped", "a remembered setting was not re-applied: the gateway config "
          "was edited since"),
     Kind("restart_requested", "a restart was asked for through restart.flag", routine=True),
+    Kind("restart_scheduled", "a restart when idle was asked for: it waits until the "
+         "program holds no transcript lock, or max_wait", routine=True),
+    # An incident although asked for: the agent asks for it from a chat ("restart
+    # yourself"), and "why did you restart last night?" must find it in the incident log;
+    # at max_wait it also cut a turn short.
+    Kind("idle_restart", "a restart asked for when idle was carried out: no transcript "
+         "lock was held, or max_wait ran out with one still held", incident=True),
+    Kind("restart_cancelled", "a pending restart when idle was dropped: an explicit stop or "
+         "restart, or its process went", routine=True),
     Kind("reloaded", "the config was reloaded", routine=True),
     Kind("reload_failed", "a config reload failed; the old config is kept"),
 )

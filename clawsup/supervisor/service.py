@@ -36,6 +36,9 @@ from clawsup.supervisor.program import Program, State
 from clawsup.supervisor.reload import ReloadPlan
 from clawsup.supervisor.sdnotify import Notifier
 
+# The variable clawsupctl reads its control endpoint from (client/ctl.py).
+SOCKET_ENV = "CLAWSUP_SOCKET"
+
 if TYPE_CHECKING:
     # Imported only when configured: prometheus_client and the HTTP client code cost
     # about 3.6 MiB of RSS that a supervisor without [metrics]/[alerts] should not pay.
@@ -131,6 +134,7 @@ class Service:
         # One sink for both: a reload may start, stop or replace either.
         supervisor.sinks.append(self._to_metrics_and_alerts)
         self.controller = Controller(supervisor, self.incidents)
+        self.controller.locks_held = self._locks_held
         supervisor.sinks.append(self._on_event)
         await self._start_control()
         self._start_janitor()
@@ -195,6 +199,10 @@ class Service:
             raise ComponentError(f"cannot open the control socket: {error}") from None
         self.supervisor.sinks.append(self.control.publish)
         log.info("control socket at %s", self.control.control_endpoint)
+        # Where clawsupctl finds this supervisor, for the programs' own commands (the
+        # clawsup skill the agent runs through its exec tool). A program's configured
+        # environment still wins.
+        self.supervisor.program_environment[SOCKET_ENV] = self.control.control_endpoint
 
     def _start_janitor(self) -> None:
         self._open_janitor(self.config.janitor)
@@ -316,6 +324,8 @@ class Service:
     async def close(self) -> None:
         for timer in self._timers:
             timer.cancel()
+        if self.controller is not None:
+            self.controller.close()
         self.notifier.stopping()
         self._close_janitor()
         if self.control is not None:
@@ -338,6 +348,16 @@ class Service:
             for program in self.supervisor.programs.values()
             for pid in self.supervisor.processes(program)
         }
+
+    def _locks_held(self, program: Program, refresh: bool) -> list[str]:
+        """The transcript locks ``program``'s tree holds, after a sweep of its own (the
+        index must be current: restart when idle follows the last lock within a second).
+        ``refresh`` re-globs the directories (an agent directory may be new)."""
+        if self.janitor is None:
+            return []
+        report = self.janitor.sweep(self.owners(), refresh=refresh)
+        self._handle(report)
+        return [str(lock.path) for lock in report.held if lock.program == program.name]
 
     def _program_exited(self, program: Program, pids: set[int]) -> None:
         if self.janitor is not None:

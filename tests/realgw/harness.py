@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -145,6 +146,15 @@ def can_unshare() -> bool:
     return done.returncode == 0
 
 
+def _link_clawsupctl(path: Path) -> None:
+    """``clawsupctl`` at ``path``: this venv's console script, or a shell wrapper."""
+    if len(CLAWSUPCTL) == 1:
+        path.symlink_to(CLAWSUPCTL[0])
+        return
+    path.write_text(f'#!/bin/sh\nexec {" ".join(map(shlex.quote, CLAWSUPCTL))} "$@"\n')
+    path.chmod(0o755)
+
+
 def _environ(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/environ").read_bytes()
@@ -205,6 +215,11 @@ class RealRun:
         # creates it at the first turn, and clawsup's janitor finds a directory that
         # appears under its glob only at its next full pass, up to full_pass_every later.)
         self.sessions.mkdir(parents=True)
+        # clawsupctl on the gateway's PATH, alone, as the image puts it in /usr/local/bin:
+        # the agent's exec tool runs it (the clawsup skill).
+        self.bin = tmp / "bin"
+        self.bin.mkdir()
+        _link_clawsupctl(self.bin / "clawsupctl")
         self.run_dir = tmp / "run"
         self.state_dir = tmp / "state"
         self.endpoint = f"ipc://{self.run_dir}/control.sock"
@@ -215,7 +230,7 @@ class RealRun:
             # As a container's ENV would: `~` in the shipped [janitor] and
             # [gateway_config] paths is this home.
             "HOME": str(self.home),
-            "PATH": install.path_env(),
+            "PATH": self.path_env(),
             "TMPDIR": str(install.tmpdir),
             "NO_COLOR": "1",
         }
@@ -241,10 +256,13 @@ directory = {_toml(str(install.app))}
 
 [programs.gateway.environment]
 HOME = {_toml(str(self.home))}
-PATH = {_toml(install.path_env())}
+PATH = {_toml(self.path_env())}
 TMPDIR = {_toml(str(install.tmpdir))}
 NO_COLOR = "1"
 {extra}"""
+
+    def path_env(self) -> str:
+        return f"{self.bin}{os.pathsep}{self.install.path_env()}"
 
     def write_gateway_config(self, config: dict[str, Any]) -> None:
         # JSON5, as the gateway reads it: a comment is fine.
