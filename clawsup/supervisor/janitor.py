@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fnmatch
 import glob
 import logging
 import os
@@ -69,9 +70,16 @@ from typing import Any, ClassVar
 from clawsup.supervisor import procinfo
 from clawsup.supervisor.config import JanitorConfig, expand_path
 from clawsup.supervisor.inotify import (
+    IN_CREATE,
+    IN_DELETE,
     IN_DELETE_SELF,
+    IN_DONT_FOLLOW,
     IN_IGNORED,
+    IN_MASK_ADD,
     IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
     IN_Q_OVERFLOW,
     IN_UNMOUNT,
     Inotify,
@@ -100,6 +108,16 @@ ARCHIVE_STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _ARCHIVE_NAME = re.compile(r"(?P<session>.+\.jsonl)(?:\.(?P<stamp>\d{8}T\d{6}Z)(?:\.\d+)?)?\.old")
 _MAX_ARCHIVE_COUNTER = 1000
 _MAX_PARENT_HOPS = 16
+
+# On a directory a session directory may appear in (at any depth): a child created,
+# renamed in or out, or deleted, or the directory itself going away. Never a write: a
+# gateway writing its config next to agents/ must not wake the janitor. IN_MASK_ADD: the
+# same inode may be a session directory too (two patterns), whose watch must keep its mask.
+_ANCESTOR_MASK = (
+    IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
+    | IN_ONLYDIR | IN_MASK_ADD
+)
+_SELF_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,15 +383,64 @@ def _entry_kind(name: str) -> str | None:
     return None
 
 
+def _fixed_parts(parts: tuple[str, ...]) -> int:
+    """How many of a glob's leading path components have no wildcard."""
+    for count, part in enumerate(parts):
+        if glob.has_magic(part):
+            return count
+    return len(parts)
+
+
 def _glob_root(pattern: str) -> str:
     """A glob's fixed directory prefix: ``/h/.clawdbot/agents`` for ``/h/.clawdbot/agents/*/sessions``."""
     parts = Path(pattern).parts
-    fixed: list[str] = []
-    for part in parts:
-        if glob.has_magic(part):
-            break
-        fixed.append(part)
+    fixed = parts[: _fixed_parts(parts)]
     return str(Path(*fixed)) if fixed else "/"
+
+
+def _name_matches(name: str, component: str) -> bool:
+    """Whether glob.glob would match ``name`` with the path component ``component``
+    (a wildcard never matches a leading dot)."""
+    if name.startswith(".") and not component.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, component)
+
+
+def _subdirectories(directory: str, component: str, *, follow: bool) -> list[str]:
+    """The children of ``directory`` that match ``component`` and are directories now.
+
+    ``follow``: a symlink to a directory counts (a fixed prefix such as ~/.clawdbot may
+    be one); otherwise only real directories do, as below the glob's root the janitor
+    never follows a symlink.
+    """
+    if not glob.has_magic(component):
+        path = os.path.join(directory, component)
+        try:
+            info = os.stat(path) if follow else os.lstat(path)
+        except OSError:
+            return []
+        return [path] if stat.S_ISDIR(info.st_mode) else []
+    try:
+        entries = os.scandir(directory)
+    except OSError:
+        return []
+    with entries:
+        try:
+            return [
+                entry.path
+                for entry in entries
+                if _name_matches(entry.name, component) and entry.is_dir(follow_symlinks=follow)
+            ]
+        except OSError:
+            return []
+
+
+@dataclass(slots=True)
+class _Ancestor:
+    """A directory watched because a session directory may appear in it, at any depth."""
+
+    path: str
+    children: set[str]  # the glob components a child's name must match to matter
 
 
 def _inside(path: str, root: str) -> bool:
@@ -459,6 +526,11 @@ class Janitor:
         self._roots: dict[str, str] = {}  # pattern -> realpath of its fixed prefix, pinned
         self._dirs: dict[tuple[int, int], _SessionDir] = {}
         self._by_wd: dict[int, _SessionDir] = {}
+        # Directories a new session directory may appear in: each pattern's nearest
+        # existing fixed ancestor, its root, and the directories between root and match.
+        self._ancestors: dict[int, _Ancestor] = {}
+        self._ancestors_complete = True  # every one of them has its watch
+        self._globs_changed = False  # one of them reported a change: re-glob next sweep
         self._problems: dict[str, str] = {}  # "topic:path" -> message last logged about it
         self._exited: dict[int, tuple[str, float]] = {}  # pid -> (program, exit time)
         # (directory key, lock name, pid, birth) -> when last reported as stuck
@@ -506,10 +578,18 @@ class Janitor:
                 for watched in self._dirs.values():
                     watched.rescan = True
                 continue
+            ancestor = self._ancestors.get(event.wd)
+            if ancestor is not None:
+                if event.mask & _SELF_GONE:
+                    self._globs_changed = True  # the next walk finds what is there now
+                    if event.mask & IN_IGNORED:
+                        del self._ancestors[event.wd]
+                elif any(_name_matches(event.name, child) for child in ancestor.children):
+                    self._globs_changed = True
             directory = self._by_wd.get(event.wd)
             if directory is None:
                 continue
-            if event.mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED):
+            if event.mask & _SELF_GONE:
                 self._dirs_changed = True
                 if event.mask & IN_IGNORED:  # the kernel dropped the watch
                     del self._by_wd[event.wd]
@@ -528,10 +608,13 @@ class Janitor:
 
         Time alone brings work while a lock is indexed (its owner may die or its message
         get stuck, with no file event), an oversized session waits for its lock, inotify
-        reported names not looked at yet, or a directory is not (yet) watched. Otherwise
-        only the next full pass and the first archive to expire are on the clock.
+        reported names not looked at yet, a directory is not (yet) watched, or a new
+        session directory may appear unreported (a directory on the way to one has no
+        watch). Otherwise only the next full pass and the first archive to expire are on
+        the clock.
         """
-        if self._inotify is None or self._overflowed or self._dirs_changed:
+        if (self._inotify is None or self._overflowed or self._dirs_changed
+                or self._globs_changed or not self._ancestors_complete):
             return None
         deadline = self._next_full
         if deadline is None:
@@ -593,7 +676,7 @@ class Janitor:
         horizon = now - self._config.lock_max_age
         self._exited = {pid: seen for pid, seen in self._exited.items() if seen[1] >= horizon}
         full = self._full_pass_due(now)
-        if full or refresh:
+        if full or refresh or self._globs_changed or not self._ancestors_complete:
             self._refresh_directories(found)
         for directory in list(self._dirs.values()):
             try:
@@ -684,6 +767,7 @@ class Janitor:
 
     def _refresh_directories(self, found: _Findings) -> None:
         """Re-glob: start on new directories, drop the ones that vanished."""
+        self._watch_ancestors(found)  # first: what appears after the glob is an event
         seen: set[tuple[int, int]] = set()
         new: list[tuple[tuple[int, int], str, int]] = []
         for pattern in self._patterns:
@@ -717,6 +801,74 @@ class Janitor:
                 self._drop(directory)
         for key, match, fd in new:
             self._add(key, Path(match), fd, found)
+
+    def _watch_ancestors(self, found: _Findings) -> None:
+        """Watch every directory a session directory may yet appear in, at any depth.
+
+        For ``~/.clawdbot/agents/*/sessions``: ``agents`` (a new agent) and each
+        ``agents/<id>`` (its ``sessions``); while ``agents`` is missing, its nearest
+        existing ancestor instead, as FileWatch waits for a missing inbox. A fresh home
+        gets the whole chain from one ``mkdir -p`` when the gateway's first turn starts,
+        and its lock comes right after: with these watches the janitor re-globs at the
+        next sweep instead of at the next full pass, up to ``full_pass_every`` later.
+
+        Level by level, each directory is watched before it is listed, so a child made
+        before its parent's watch existed is in the listing, and one made after is an
+        event. Below the glob's root no symlink is followed (nor watched): the glob and
+        the root check of ``_open_directory`` still decide what is swept. The watches
+        carry no timer: at idle they cost nothing.
+        """
+        if self._inotify is None:
+            return
+        self._globs_changed = False
+        wanted: dict[int, _Ancestor] = {}
+        complete = True
+        for pattern in self._patterns:
+            parts = Path(pattern).parts
+            fixed = _fixed_parts(parts)
+            last = len(parts) - 1  # the level of a match's parent
+            depth = max(1, min(fixed, last))  # parts[0] is "/": absolute
+            while depth > 1 and not os.path.isdir(os.path.join(*parts[:depth])):
+                depth -= 1
+            start = depth
+            level = [os.path.join(*parts[:depth])]
+            while level and depth <= last:
+                child = parts[depth]
+                below: list[str] = []
+                for path in level:
+                    wd = self._watch_ancestor(path, depth <= fixed, found)
+                    if wd is None:
+                        # Gone since its parent's listing: that was an event on the
+                        # parent's watch. Otherwise nothing will report what appears here.
+                        complete = complete and depth > start and not os.path.isdir(path)
+                        continue
+                    wanted.setdefault(wd, _Ancestor(path, set())).children.add(child)
+                    if depth < last:
+                        below.extend(_subdirectories(path, child, follow=depth < fixed))
+                level = below
+                depth += 1
+        for wd in self._ancestors.keys() - wanted.keys():
+            if wd not in self._by_wd:
+                self._inotify.remove_watch(wd)
+        self._ancestors = wanted
+        self._ancestors_complete = complete
+
+    def _watch_ancestor(self, path: str, follow: bool, found: _Findings) -> int | None:
+        assert self._inotify is not None
+        try:
+            wd = self._inotify.add_watch(path, _ANCESTOR_MASK if follow else _ANCESTOR_MASK | IN_DONT_FOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # gone, or replaced by a file, since it was listed
+        except OSError as error:  # EACCES, ENOSPC (fs.inotify.max_user_watches)
+            self._problem(
+                f"ancestor:{path}",
+                f"Cannot watch {path} for new session directories ({error.strerror}): "
+                "looking for them every sweep",
+                found,
+            )
+            return None
+        self._problems.pop(f"ancestor:{path}", None)
+        return wd
 
     def _add(self, key: tuple[int, int], path: Path, fd: int, found: _Findings) -> None:
         directory = _SessionDir(path=path, fd=fd, key=key)
@@ -762,7 +914,8 @@ class Janitor:
     def _drop(self, directory: _SessionDir) -> None:
         if directory.wd is not None and self._inotify is not None:
             self._by_wd.pop(directory.wd, None)
-            self._inotify.remove_watch(directory.wd)
+            if directory.wd not in self._ancestors:  # the same inode watched as both
+                self._inotify.remove_watch(directory.wd)
         os.close(directory.fd)
         self._dirs.pop(directory.key, None)
 
