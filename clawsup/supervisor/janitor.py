@@ -16,7 +16,14 @@ locks, transcripts (and which are oversized) and archives in it. A sweep re-exam
 the names inotify reported since the last one (one lstat each), plus the locks (few: one
 per running agent run), which are re-judged from the index: one /proc read per distinct
 owner pid.
-Every ``full_pass_every`` a full pass re-globs the directories (agents come and go) and
+A session directory that appears later (a fresh home gets ``agents/main/sessions`` at
+the gateway's first turn, in one ``mkdir -p``) is an inotify event too: the directories
+it may appear in -- ``agents/`` and each ``agents/<id>/``, or while missing, their
+nearest existing ancestor -- are watched for children created, renamed or deleted (never
+for writes), and such an event makes the next sweep re-glob, so the new directory is
+pinned and swept one interval later, its locks on the same terms as any other. Removing
+a session directory is an event on its parent even while our descriptor keeps its inode.
+Every ``full_pass_every`` a full pass re-globs the directories all the same and
 re-lists each one; in a directory watched all along it lstats only names the index lacks,
 names inotify reported, and the locks -- any other entry kept its name, inode and size, or
 the watch would have said so. What a directory watch cannot see (a write through a hard
