@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,14 +129,19 @@ def test_a_second_agent_directory_made_later_is_swept_too(testbed: Testbed) -> N
     assert [archived.path for archived in report.archived] == [transcript]
 
 
-def test_a_removed_sessions_directory_is_dropped_and_its_re_creation_swept(testbed: Testbed) -> None:
+@pytest.mark.parametrize("content", [False, True], ids=["empty", "with-transcripts"])
+def test_a_removed_sessions_directory_is_dropped_and_its_re_creation_swept(
+    testbed: Testbed, content: bool
+) -> None:
     testbed.sessions.mkdir(parents=True)
+    if content:
+        (testbed.sessions / "old.jsonl").write_text("{}\n")
     janitor = testbed.janitor(full_pass_every=HOUR, lock_max_age=LOCK_MAX_AGE, max_session_size=MiB)
     janitor.sweep()
     assert janitor.directories == [testbed.sessions]
-    # Empty, so no event on its own watch: our descriptor keeps the inode, and the
+    # Empty, there is no event on its own watch (our descriptor keeps the inode): the
     # kernel reports its deletion on the parent, which is watched.
-    testbed.sessions.rmdir()
+    shutil.rmtree(testbed.sessions)
     assert woken(janitor)
     testbed.clock.advance(5)
     janitor.sweep()
