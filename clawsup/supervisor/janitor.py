@@ -16,7 +16,14 @@ locks, transcripts (and which are oversized) and archives in it. A sweep re-exam
 the names inotify reported since the last one (one lstat each), plus the locks (few: one
 per running agent run), which are re-judged from the index: one /proc read per distinct
 owner pid.
-Every ``full_pass_every`` a full pass re-globs the directories (agents come and go) and
+A session directory that appears later (a fresh home gets ``agents/main/sessions`` at
+the gateway's first turn, in one ``mkdir -p``) is an inotify event too: the directories
+it may appear in -- ``agents/`` and each ``agents/<id>/``, or while missing, their
+nearest existing ancestor -- are watched for children created, renamed or deleted (never
+for writes), and such an event makes the next sweep re-glob, so the new directory is
+pinned and swept one interval later, its locks on the same terms as any other. Removing
+a session directory is an event on its parent even while our descriptor keeps its inode.
+Every ``full_pass_every`` a full pass re-globs the directories all the same and
 re-lists each one; in a directory watched all along it lstats only names the index lacks,
 names inotify reported, and the locks -- any other entry kept its name, inode and size, or
 the watch would have said so. What a directory watch cannot see (a write through a hard
@@ -53,6 +60,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fnmatch
 import glob
 import logging
 import os
@@ -69,9 +77,16 @@ from typing import Any, ClassVar
 from clawsup.supervisor import procinfo
 from clawsup.supervisor.config import JanitorConfig, expand_path
 from clawsup.supervisor.inotify import (
+    IN_CREATE,
+    IN_DELETE,
     IN_DELETE_SELF,
+    IN_DONT_FOLLOW,
     IN_IGNORED,
+    IN_MASK_ADD,
     IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
     IN_Q_OVERFLOW,
     IN_UNMOUNT,
     Inotify,
@@ -103,6 +118,16 @@ _MAX_PARENT_HOPS = 16
 # The exited pids of our programs remembered (each names its program): enough for every
 # process of a few runs of a large tree, bounded whatever the restart rate.
 EXITED_PIDS_KEPT = 1024
+
+# On a directory a session directory may appear in (at any depth): a child created,
+# renamed in or out, or deleted, or the directory itself going away. Never a write: a
+# gateway writing its config next to agents/ must not wake the janitor. IN_MASK_ADD: the
+# same inode may be a session directory too (two patterns), whose watch must keep its mask.
+_ANCESTOR_MASK = (
+    IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
+    | IN_ONLYDIR | IN_MASK_ADD
+)
+_SELF_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 
 
 # ---------------------------------------------------------------------------------------
@@ -383,15 +408,64 @@ def _entry_kind(name: str) -> str | None:
     return None
 
 
+def _fixed_parts(parts: tuple[str, ...]) -> int:
+    """How many of a glob's leading path components have no wildcard."""
+    for count, part in enumerate(parts):
+        if glob.has_magic(part):
+            return count
+    return len(parts)
+
+
 def _glob_root(pattern: str) -> str:
     """A glob's fixed directory prefix: ``/h/.clawdbot/agents`` for ``/h/.clawdbot/agents/*/sessions``."""
     parts = Path(pattern).parts
-    fixed: list[str] = []
-    for part in parts:
-        if glob.has_magic(part):
-            break
-        fixed.append(part)
+    fixed = parts[: _fixed_parts(parts)]
     return str(Path(*fixed)) if fixed else "/"
+
+
+def _name_matches(name: str, component: str) -> bool:
+    """Whether glob.glob would match ``name`` with the path component ``component``
+    (a wildcard never matches a leading dot)."""
+    if name.startswith(".") and not component.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, component)
+
+
+def _subdirectories(directory: str, component: str, *, follow: bool) -> list[str]:
+    """The children of ``directory`` that match ``component`` and are directories now.
+
+    ``follow``: a symlink to a directory counts (a fixed prefix such as ~/.clawdbot may
+    be one); otherwise only real directories do, as below the glob's root the janitor
+    never follows a symlink.
+    """
+    if not glob.has_magic(component):
+        path = os.path.join(directory, component)
+        try:
+            info = os.stat(path) if follow else os.lstat(path)
+        except OSError:
+            return []
+        return [path] if stat.S_ISDIR(info.st_mode) else []
+    try:
+        entries = os.scandir(directory)
+    except OSError:
+        return []
+    with entries:
+        try:
+            return [
+                entry.path
+                for entry in entries
+                if _name_matches(entry.name, component) and entry.is_dir(follow_symlinks=follow)
+            ]
+        except OSError:
+            return []
+
+
+@dataclass(slots=True)
+class _Ancestor:
+    """A directory watched because a session directory may appear in it, at any depth."""
+
+    path: str
+    children: set[str]  # the glob components a child's name must match to matter
 
 
 def _inside(path: str, root: str) -> bool:
@@ -477,6 +551,11 @@ class Janitor:
         self._roots: dict[str, str] = {}  # pattern -> realpath of its fixed prefix, pinned
         self._dirs: dict[tuple[int, int], _SessionDir] = {}
         self._by_wd: dict[int, _SessionDir] = {}
+        # Directories a new session directory may appear in: each pattern's nearest
+        # existing fixed ancestor, its root, and the directories between root and match.
+        self._ancestors: dict[int, _Ancestor] = {}
+        self._ancestors_complete = True  # every one of them has its watch
+        self._globs_changed = False  # one of them reported a change: re-glob next sweep
         self._problems: dict[str, str] = {}  # "topic:path" -> message last logged about it
         self._exited: dict[int, tuple[str, float]] = {}  # pid -> (program, exit time)
         # (directory key, lock name, pid, birth) -> when last reported as stuck
@@ -524,10 +603,18 @@ class Janitor:
                 for watched in self._dirs.values():
                     watched.rescan = True
                 continue
+            ancestor = self._ancestors.get(event.wd)
+            if ancestor is not None:
+                if event.mask & _SELF_GONE:
+                    self._globs_changed = True  # the next walk finds what is there now
+                    if event.mask & IN_IGNORED:
+                        del self._ancestors[event.wd]
+                elif any(_name_matches(event.name, child) for child in ancestor.children):
+                    self._globs_changed = True
             directory = self._by_wd.get(event.wd)
             if directory is None:
                 continue
-            if event.mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED):
+            if event.mask & _SELF_GONE:
                 self._dirs_changed = True
                 if event.mask & IN_IGNORED:  # the kernel dropped the watch
                     del self._by_wd[event.wd]
@@ -548,10 +635,13 @@ class Janitor:
 
         Time alone brings work while a lock is indexed (its owner may die or its message
         get stuck, with no file event), an oversized session waits for its lock, inotify
-        reported names not looked at yet, or a directory is not (yet) watched. Otherwise
-        only the next full pass and the first archive to expire are on the clock.
+        reported names not looked at yet, a directory is not (yet) watched, or a new
+        session directory may appear unreported (a directory on the way to one has no
+        watch). Otherwise only the next full pass and the first archive to expire are on
+        the clock.
         """
-        if self._inotify is None or self._overflowed or self._dirs_changed:
+        if (self._inotify is None or self._overflowed or self._dirs_changed
+                or self._globs_changed or not self._ancestors_complete):
             return None
         deadline = self._next_full
         if deadline is None:
@@ -619,7 +709,7 @@ class Janitor:
         horizon = now - self._config.lock_max_age
         self._exited = {pid: seen for pid, seen in self._exited.items() if seen[1] >= horizon}
         full = self._full_pass_due(now)
-        if full or refresh:
+        if full or refresh or self._globs_changed or not self._ancestors_complete:
             self._refresh_directories(found)
         for directory in list(self._dirs.values()):
             try:
@@ -710,6 +800,7 @@ class Janitor:
 
     def _refresh_directories(self, found: _Findings) -> None:
         """Re-glob: start on new directories, drop the ones that vanished."""
+        self._watch_ancestors(found)  # first: what appears after the glob is an event
         seen: set[tuple[int, int]] = set()
         new: list[tuple[tuple[int, int], str, int]] = []
         for pattern in self._patterns:
@@ -743,6 +834,74 @@ class Janitor:
                 self._drop(directory)
         for key, match, fd in new:
             self._add(key, Path(match), fd, found)
+
+    def _watch_ancestors(self, found: _Findings) -> None:
+        """Watch every directory a session directory may yet appear in, at any depth.
+
+        For ``~/.clawdbot/agents/*/sessions``: ``agents`` (a new agent) and each
+        ``agents/<id>`` (its ``sessions``); while ``agents`` is missing, its nearest
+        existing ancestor instead, as FileWatch waits for a missing inbox. A fresh home
+        gets the whole chain from one ``mkdir -p`` when the gateway's first turn starts,
+        and its lock comes right after: with these watches the janitor re-globs at the
+        next sweep instead of at the next full pass, up to ``full_pass_every`` later.
+
+        Level by level, each directory is watched before it is listed, so a child made
+        before its parent's watch existed is in the listing, and one made after is an
+        event. Below the glob's root no symlink is followed (nor watched): the glob and
+        the root check of ``_open_directory`` still decide what is swept. The watches
+        carry no timer: at idle they cost nothing.
+        """
+        if self._inotify is None:
+            return
+        self._globs_changed = False
+        wanted: dict[int, _Ancestor] = {}
+        complete = True
+        for pattern in self._patterns:
+            parts = Path(pattern).parts
+            fixed = _fixed_parts(parts)
+            last = len(parts) - 1  # the level of a match's parent
+            depth = max(1, min(fixed, last))  # parts[0] is "/": absolute
+            while depth > 1 and not os.path.isdir(os.path.join(*parts[:depth])):
+                depth -= 1
+            start = depth
+            level = [os.path.join(*parts[:depth])]
+            while level and depth <= last:
+                child = parts[depth]
+                below: list[str] = []
+                for path in level:
+                    wd = self._watch_ancestor(path, depth <= fixed, found)
+                    if wd is None:
+                        # Gone since its parent's listing: that was an event on the
+                        # parent's watch. Otherwise nothing will report what appears here.
+                        complete = complete and depth > start and not os.path.isdir(path)
+                        continue
+                    wanted.setdefault(wd, _Ancestor(path, set())).children.add(child)
+                    if depth < last:
+                        below.extend(_subdirectories(path, child, follow=depth < fixed))
+                level = below
+                depth += 1
+        for wd in self._ancestors.keys() - wanted.keys():
+            if wd not in self._by_wd:
+                self._inotify.remove_watch(wd)
+        self._ancestors = wanted
+        self._ancestors_complete = complete
+
+    def _watch_ancestor(self, path: str, follow: bool, found: _Findings) -> int | None:
+        assert self._inotify is not None
+        try:
+            wd = self._inotify.add_watch(path, _ANCESTOR_MASK if follow else _ANCESTOR_MASK | IN_DONT_FOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # gone, or replaced by a file, since it was listed
+        except OSError as error:  # EACCES, ENOSPC (fs.inotify.max_user_watches)
+            self._problem(
+                f"ancestor:{path}",
+                f"Cannot watch {path} for new session directories ({error.strerror}): "
+                "looking for them every sweep",
+                found,
+            )
+            return None
+        self._problems.pop(f"ancestor:{path}", None)
+        return wd
 
     def _add(self, key: tuple[int, int], path: Path, fd: int, found: _Findings) -> None:
         directory = _SessionDir(path=path, fd=fd, key=key)
@@ -788,7 +947,8 @@ class Janitor:
     def _drop(self, directory: _SessionDir) -> None:
         if directory.wd is not None and self._inotify is not None:
             self._by_wd.pop(directory.wd, None)
-            self._inotify.remove_watch(directory.wd)
+            if directory.wd not in self._ancestors:  # the same inode watched as both
+                self._inotify.remove_watch(directory.wd)
         os.close(directory.fd)
         self._dirs.pop(directory.key, None)
 

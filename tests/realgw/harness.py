@@ -210,11 +210,10 @@ class RealRun:
         self.clawdbot.mkdir(parents=True)
         self.config_path = self.clawdbot / "clawdbot.json"
         self.write_gateway_config(config if config is not None else gateway_config(model))
+        # Not made here: as in a brand-new home, the gateway makes it (agents/ and all) at
+        # its first turn, and clawsup's janitor, which watches the directories it may
+        # appear in, sweeps it from its next sweep on (not its next full pass).
         self.sessions = self.clawdbot / "agents" / "main" / "sessions"
-        # As in any gateway home after its first turn. (In a brand-new home the gateway
-        # creates it at the first turn, and clawsup's janitor finds a directory that
-        # appears under its glob only at its next full pass, up to full_pass_every later.)
-        self.sessions.mkdir(parents=True)
         # clawsupctl on the gateway's PATH, alone, as the image puts it in /usr/local/bin:
         # the agent's exec tool runs it (the clawsup skill).
         self.bin = tmp / "bin"
