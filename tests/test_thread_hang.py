@@ -36,18 +36,33 @@ if marker:
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 
+main_tid = threading.get_native_id()
+
+def main_is_blocked():
+    # In select(2) (23) or pselect6 (270), not running and not in futex(2) (202): a main
+    # thread waiting for the GIL.
+    with open(f'/proc/self/task/{{main_tid}}/syscall') as f:
+        return f.read().split()[0] in ('23', '270')
+
 def worker():
     # clone(CLONE_VFORK | SIGCHLD) without CLONE_VM: this thread sleeps in D until the
-    # child exits; the child has its own copy of memory, so it may run Python.
+    # child exits; the child has its own copy of memory, so it may run Python. ctypes lets
+    # go of the GIL around the call: were the main thread to take it at that instant, the
+    # child would inherit a GIL held by a thread it does not have and never return from
+    # the call (the parent then stays in D for good). So the clone waits until the main
+    # thread sits in select(), which it leaves only for a signal.
+    while not main_is_blocked():
+        time.sleep(0.01)
     child = libc.syscall(56, 0x4000 | signal.SIGCHLD, 0, 0, 0, 0)
     if child == 0:
         time.sleep({seconds})
         os._exit(0)
     print('worker left D state', flush=True)
 
-threading.Thread(target=worker, name='stuck-worker', daemon=True).start()
 print('worker started', flush=True)
-while True: time.sleep(0.2)
+threading.Thread(target=worker, name='stuck-worker', daemon=True).start()
+import select
+while True: select.select([], [], [])
 """
 
 
