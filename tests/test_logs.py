@@ -149,7 +149,7 @@ def test_the_buffer_keeps_only_the_newest_lines_within_its_bound(
         extra=f"[programs.chatty.logs]\nbuffer = {bound}\n"))
     wait_until(lambda: texts(client.logs("chatty", 1).lines) == ["01999 " + "x" * 94], 20)
     kept = client.logs("chatty", 100_000).lines
-    assert sum(line_cost(line.text) for line in kept) <= bound
+    assert sum(line_cost(line.text.encode()) for line in kept) <= bound
     assert len(kept) == bound // (100 + LINE_OVERHEAD), "as many as fit, no fewer"
     assert [int(line.text[:5]) for line in kept] == list(range(2000 - len(kept), 2000))
 
@@ -301,24 +301,31 @@ def test_a_file_that_cannot_be_written_is_logged_once_and_supervision_goes_on(
 
 def test_tail_after_gives_only_newer_lines() -> None:
     buffer = LogBuffer(1 << 20)
-    buffer.add(1.0, "stdout", 7, ["a", "b", "c", "d"])
+    buffer.add(1.0, "stdout", 7, [b"a", b"b", b"c", b"d"])
     assert [line.text for line in buffer.tail(10, after=2)] == ["c", "d"]
     assert [line.text for line in buffer.tail(1, after=2)] == ["d"]
     assert buffer.tail(0) == []
 
 
 def test_a_line_larger_than_the_whole_buffer_is_not_kept() -> None:
-    buffer = LogBuffer(200)
-    buffer.add(1.0, "stdout", 7, ["small"])
-    added = buffer.add(1.0, "stdout", 7, ["z" * 500])
-    assert len(added) == 1, "still numbered and published"
-    assert [line.text for line in buffer.tail(10)] == ["small"]
-    assert buffer.size <= 200
+    buffer = LogBuffer(300)
+    buffer.add(1.0, "stdout", 7, [b"small"])
+    added = buffer.add(1.0, "stdout", 7, [b"z" * 500, b"next"])
+    assert (added.first_seq, len(added.texts)) == (2, 2), "still numbered and published"
+    assert [line.seq for line in buffer.tail(10)] == [1, 3]
+    assert [line.text for line in buffer.tail(10)] == ["small", "next"]
+    assert buffer.size <= 300
+
+
+def test_invalid_utf8_is_replaced_not_refused() -> None:
+    buffer = LogBuffer(1000)
+    buffer.add(1.0, "stdout", 7, [b"caf\xe9 \xff"])
+    assert [line.text for line in buffer.tail(1)] == ["caf\ufffd \ufffd"]
 
 
 def test_resize_drops_the_oldest_lines() -> None:
     buffer = LogBuffer(10_000)
-    buffer.add(1.0, "stderr", 7, [str(i) for i in range(50)])
+    buffer.add(1.0, "stderr", 7, [str(i).encode() for i in range(50)])
     buffer.resize(3 * (LINE_OVERHEAD + 2))
     assert [line.text for line in buffer.tail(100)] == ["47", "48", "49"]
 

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 import zmq
@@ -63,10 +63,19 @@ class _Outcome(msgspec.Struct):
     error: ErrorInfo | None = None
 
 
+class _LogEventData(msgspec.Struct):
+    """A ``log`` event's data: lines numbered from ``seq`` on, all of one read."""
+
+    seq: int
+    ts: float
+    stream: Literal["stdout", "stderr"]
+    pid: int
+    lines: list[str]
+
+
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 _outcome_decoder = msgspec.json.Decoder(_Outcome)
 _event_decoder = msgspec.json.Decoder(Event)
-_log_lines_decoder = msgspec.json.Decoder(list[LogLine])
 # While following, how often to look whether the supervisor is still there when nothing
 # arrives: the socket monitor says so at once, this is for a peer that never connected.
 _GONE_CHECK_MS = 1000
@@ -309,7 +318,7 @@ class Client:
         for _frame, event in subscription.frames(None):
             if event.program != name:
                 continue
-            new = _log_lines_decoder.decode(msgspec.json.encode(event.data.get("lines", [])))
+            new = _lines_of(event)
             if new and new[0].seq > last + 1 and last:
                 for line in self.logs(name, new[0].seq - last - 1, after=last).lines:
                     last = line.seq
@@ -383,6 +392,15 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _lines_of(event: Event) -> list[LogLine]:
+    try:
+        data = msgspec.convert(event.data, _LogEventData)
+    except msgspec.ValidationError as exc:
+        raise BadReply(f"unexpected log event ({exc}): {event.data!r:.200}") from exc
+    return [LogLine(seq=data.seq + offset, ts=data.ts, stream=data.stream, pid=data.pid,
+                    text=text) for offset, text in enumerate(data.lines)]
 
 
 def _decode_event(frame: bytes) -> Event:

@@ -494,10 +494,11 @@ class Supervisor:
         """Into the program's buffer (and file), and out as one ``log`` event per read:
         what `clawsupctl logs -f` follows. One event per chunk, not per line, and only
         when there is output: an idle gateway costs nothing here."""
-        kept = self.outputs.add(name, self.clock.time(), stream, pid, lines)
-        if kept:
-            self.emit("log", name, f"{len(kept)} line(s) of {name}'s {stream}",
-                      {"lines": [line._asdict() for line in kept]}, logged=True)
+        added = self.outputs.add(name, self.clock.time(), stream, pid, lines)
+        if added is not None:
+            self.emit("log", name, f"{len(added.texts)} line(s) of {name}'s {stream}",
+                      {"seq": added.first_seq, "ts": added.ts, "stream": stream, "pid": pid,
+                       "lines": added.texts}, logged=True)
 
     # -- programs -----------------------------------------------------------------------------
 

@@ -20,13 +20,11 @@ supervisord's ``stdout_logfile_maxbytes``/``backups``: ``FILE`` -> ``FILE.1`` ..
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
 from clawsup.supervisor.config import Logs, expand_path
@@ -53,8 +51,21 @@ class Line(NamedTuple):
     text: str
 
 
-def line_cost(text: str) -> int:
-    return len(text.encode("utf-8", "surrogateescape")) + LINE_OVERHEAD
+def line_cost(raw: bytes) -> int:
+    """What keeping a line costs the buffer: its bytes as printed, and the overhead."""
+    return len(raw) + LINE_OVERHEAD
+
+
+class Added(NamedTuple):
+    """Lines just read from one stream of one process: ``texts`` are numbered from
+    ``first_seq`` on. Kept as one record, not a ``Line`` each: it is what a ``log``
+    event carries."""
+
+    first_seq: int
+    ts: float
+    stream: Stream
+    pid: int
+    texts: list[str]
 
 
 class LogBuffer:
@@ -64,22 +75,22 @@ class LogBuffer:
         self.limit = limit
         self.size = 0
         self._lines: deque[tuple[Line, int]] = deque()
-        self._seq = itertools.count(1)
+        self._next_seq = 1
 
-    def add(self, ts: float, stream: Stream, pid: int, texts: Iterable[str]) -> list[Line]:
-        """Keep ``texts`` (oldest first), dropping the oldest kept lines to stay within
-        the limit; return the new lines (a line larger than the limit is not kept)."""
-        added = []
-        for text in texts:
-            line = Line(next(self._seq), ts, stream, pid, text)
-            added.append(line)
-            cost = line_cost(text)
-            if cost > self.limit:
-                continue
-            self._lines.append((line, cost))
-            self.size += cost
+    def add(self, ts: float, stream: Stream, pid: int, raw: list[bytes]) -> Added:
+        """Keep the lines ``raw`` (oldest first; invalid UTF-8 replaced), dropping the
+        oldest kept lines to stay within the limit. Every line is numbered, even one
+        larger than the whole limit, which is not kept."""
+        texts = [line.decode("utf-8", "replace") for line in raw]
+        first = self._next_seq
+        self._next_seq += len(raw)
+        for offset, (line, text) in enumerate(zip(raw, texts, strict=True)):
+            cost = len(line) + LINE_OVERHEAD
+            if cost <= self.limit:
+                self._lines.append((Line(first + offset, ts, stream, pid, text), cost))
+                self.size += cost
         self._trim()
-        return added
+        return Added(first, ts, stream, pid, texts)
 
     def resize(self, limit: int) -> None:
         self.limit = limit
@@ -233,11 +244,10 @@ class ProgramOutput:
         self.buffer = LogBuffer(buffer)
         self.file = file
 
-    def add(self, ts: float, stream: Stream, pid: int, raw: list[bytes]) -> list[Line]:
+    def add(self, ts: float, stream: Stream, pid: int, raw: list[bytes]) -> Added:
         if self.file is not None:
             self.file.write(b"".join(line + b"\n" for line in raw))
-        return self.buffer.add(ts, stream, pid,
-                               (line.decode("utf-8", "replace") for line in raw))
+        return self.buffer.add(ts, stream, pid, raw)
 
 
 class Outputs:
@@ -265,9 +275,9 @@ class Outputs:
         return self._programs.get(name)
 
     def add(self, name: str, ts: float, stream: Stream, pid: int,
-            raw: list[bytes]) -> list[Line]:
+            raw: list[bytes]) -> Added | None:
         output = self._programs.get(name)
-        return [] if output is None else output.add(ts, stream, pid, raw)
+        return None if output is None or not raw else output.add(ts, stream, pid, raw)
 
     def forget(self, name: str) -> None:
         output = self._programs.pop(name, None)
