@@ -347,3 +347,27 @@ def test_rotate_without_backups_starts_the_file_over(tmp_path: Path) -> None:
     rotate(str(path), 0)
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_events_leaves_out_program_output_unless_asked_for_it(
+        start: Start, tmp_path: Path) -> None:
+    _, client = start(program("ticker", TICKS))
+    wait_until(lambda: client.logs("ticker").lines, 20)
+    asked = ctl(tmp_path, "events", "--kind", "log", "--count", "1")
+    event = json.loads(asked.stdout)
+    assert (event["kind"], event["program"], event["data"]["stream"]) == (
+        "log", "ticker", "stdout")
+    assert event["data"]["lines"][0].startswith("tick ")
+    every = subprocess.Popen(
+        [*CTL, "--socket", f"ipc://{tmp_path}/run/control.sock", "events", "--count", "3"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        wait_until(lambda: client.restart("ticker", wait=True) and every.poll() is not None,
+                   30, what="three events from a restart")
+        assert every.stdout is not None
+        kinds = [json.loads(line)["kind"] for line in every.stdout.read().splitlines()]
+        assert len(kinds) == 3
+        assert "log" not in kinds
+    finally:
+        every.kill()
+        every.wait()

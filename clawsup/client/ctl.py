@@ -263,10 +263,13 @@ def health(options: _Options) -> None:
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
 @_pass_options
 def events(options: _Options, kinds: tuple[str, ...], count: int | None) -> None:
-    """Follow the event stream: one JSON object per line."""
+    """Follow the event stream: one JSON object per line. Program output (``log``
+    events) only with --kind log: `clawsupctl logs -f` is the way to read it."""
     seen = 0
     with options.client() as client:
-        for frame, _event in client.event_frames(kinds or None):
+        for frame, event in client.event_frames(kinds or None):
+            if not kinds and event.kind == "log":
+                continue
             click.echo(frame.decode())
             seen += 1
             if count is not None and seen >= count:
