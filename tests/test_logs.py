@@ -371,3 +371,14 @@ def test_events_leaves_out_program_output_unless_asked_for_it(
     finally:
         every.kill()
         every.wait()
+
+
+def test_a_reload_applies_a_new_buffer_size_keeping_the_newest_lines(
+        start: Start, tmp_path: Path) -> None:
+    _, client = start(program("counter", "for i in range(50): print(f'line {i}')\n" + SLEEP))
+    wait_until(lambda: "line 49" in texts(client.logs("counter", 1).lines), 20)
+    config = tmp_path / "clawsup.toml"
+    config.write_text(config.read_text() + "[programs.counter.logs]\n"
+                      f"buffer = {3 * (LINE_OVERHEAD + len('line 49'))}\n")
+    client.reload()
+    assert texts(client.logs("counter", 100).lines) == ["line 47", "line 48", "line 49"]

@@ -160,6 +160,7 @@ class Supervisor:
         self.exit_hooks: list[Callable[[Program, set[int]], None]] = []
         self.components: list[Component] = []
         self.reload_hooks: list[Callable[[Config, Config], None]] = []
+        self.reload_hooks.append(self._configure_outputs)
 
     # -- the steps ------------------------------------------------------------------------
 
@@ -746,7 +747,6 @@ class Supervisor:
                 program = self.programs[name]
                 program.config = program_config
                 old = old_programs[name]
-                self.outputs.configure(name, program_config.logs)
                 if (old.hang, old.liveness) != (program_config.hang, program_config.liveness):
                     self._watch(program)
                 if program.state in (State.STARTING, State.RUNNING, State.BACKOFF):
@@ -755,6 +755,12 @@ class Supervisor:
             hook(old_config, new)
         self.emit("reloaded", None, "config reloaded")
         return None
+
+    def _configure_outputs(self, old: Config, new: Config) -> None:
+        """A changed ``[programs.NAME.logs]`` applies at once: the kept lines stay."""
+        for name, program_config in new.programs.items():
+            if name in old.programs and old.programs[name].logs != program_config.logs:
+                self.outputs.configure(name, program_config.logs)
 
     def _forget_when_stopped(self, program: Program) -> None:
         async def forget() -> None:
