@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 from clawsup.client import Client, CommandFailed
 from clawsup.protocol import LogLine
 from clawsup.supervisor.daemon import MAX_LINE
-from clawsup.supervisor.logbuffer import LINE_OVERHEAD, LogBuffer, line_cost, rotate
+from clawsup.supervisor.logbuffer import LogBuffer, line_cost, rotate
 from tests.util import REPO, Clawsup, python_program, wait_until, write_config
 
 CTL = [sys.executable, "-m", "clawsup.client.ctl"]
@@ -149,8 +150,8 @@ def test_the_buffer_keeps_only_the_newest_lines_within_its_bound(
         extra=f"[programs.chatty.logs]\nbuffer = {bound}\n"))
     wait_until(lambda: texts(client.logs("chatty", 1).lines) == ["01999 " + "x" * 94], 20)
     kept = client.logs("chatty", 100_000).lines
-    assert sum(line_cost(line.text.encode()) for line in kept) <= bound
-    assert len(kept) == bound // (100 + LINE_OVERHEAD), "as many as fit, no fewer"
+    assert sum(line_cost(line.text) for line in kept) <= bound
+    assert len(kept) == bound // line_cost("x" * 100), "as many as fit, no fewer"
     assert [int(line.text[:5]) for line in kept] == list(range(2000 - len(kept), 2000))
 
 
@@ -308,13 +309,27 @@ def test_tail_after_gives_only_newer_lines() -> None:
 
 
 def test_a_line_larger_than_the_whole_buffer_is_not_kept() -> None:
-    buffer = LogBuffer(300)
+    buffer = LogBuffer(400)
     buffer.add(1.0, "stdout", 7, [b"small"])
     added = buffer.add(1.0, "stdout", 7, [b"z" * 500, b"next"])
     assert (added.first_seq, len(added.texts)) == (2, 2), "still numbered and published"
     assert [line.seq for line in buffer.tail(10)] == [1, 3]
     assert [line.text for line in buffer.tail(10)] == ["small", "next"]
-    assert buffer.size <= 300
+    assert buffer.size <= 400
+
+
+def test_the_charge_is_the_memory_a_kept_line_takes() -> None:
+    raw = [f"{i:08d} ".encode() + b"x" * 71 for i in range(1000)]
+    buffer = LogBuffer(1 << 30)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20):
+            buffer.add(float(i), "stdout", 1234, raw)
+        allocated = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.9 < buffer.size / allocated < 1.1, (buffer.size, allocated)
 
 
 def test_invalid_utf8_is_replaced_not_refused() -> None:
@@ -326,7 +341,7 @@ def test_invalid_utf8_is_replaced_not_refused() -> None:
 def test_resize_drops_the_oldest_lines() -> None:
     buffer = LogBuffer(10_000)
     buffer.add(1.0, "stderr", 7, [str(i).encode() for i in range(50)])
-    buffer.resize(3 * (LINE_OVERHEAD + 2))
+    buffer.resize(3 * line_cost("47"))
     assert [line.text for line in buffer.tail(100)] == ["47", "48", "49"]
 
 
@@ -379,6 +394,6 @@ def test_a_reload_applies_a_new_buffer_size_keeping_the_newest_lines(
     wait_until(lambda: "line 49" in texts(client.logs("counter", 1).lines), 20)
     config = tmp_path / "clawsup.toml"
     config.write_text(config.read_text() + "[programs.counter.logs]\n"
-                      f"buffer = {3 * (LINE_OVERHEAD + len('line 49'))}\n")
+                      f"buffer = {3 * line_cost('line 49')}\n")
     client.reload()
     assert texts(client.logs("counter", 100).lines) == ["line 47", "line 48", "line 49"]

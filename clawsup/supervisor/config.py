@@ -161,7 +161,8 @@ class Liveness(_Section, frozen=True):
 class Logs(_Section, frozen=True):
     """What is kept of a program's output (logbuffer.py), besides the container log."""
 
-    # The newest lines kept in memory for `clawsupctl logs`: text plus ~128 bytes a line.
+    # The newest lines kept for `clawsupctl logs`: bytes of memory (an ASCII line, its
+    # length plus ~170).
     buffer: Size = Size(1 << 20)
     # Also append them to this file, rotated by rename past max_size (0: never rotated),
     # keeping this many old files (FILE.1 is the newest).
