@@ -5,6 +5,7 @@ Real programs printing on real pipes, a real clawsup, clawsupctl as a whole proc
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -16,6 +17,7 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from clawsup.client import Client, CommandFailed
@@ -259,6 +261,8 @@ def test_logs_f_ends_with_0_when_clawsup_is_killed(start: Start, tmp_path: Path)
     clawsup, client = start(program("ticker", TICKS))
     wait_until(lambda: client.logs("ticker").lines, 20)
     follower, out, err = _follower(tmp_path, "ticker")
+    # Its programs outlive a SIGKILLed clawsup (it is not PID 1 here): ours to end.
+    programs = psutil.Process(clawsup.supervisor_pid).children()
     try:
         wait_until(lambda: out.read_text().count("\n") >= 3, 20)
         clawsup.signal(signal.SIGKILL)
@@ -267,6 +271,9 @@ def test_logs_f_ends_with_0_when_clawsup_is_killed(start: Start, tmp_path: Path)
     finally:
         follower.kill()
         follower.wait()
+        for process in programs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
 
 
 def test_output_goes_to_a_file_rotated_at_max_size_keeping_backups(
