@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -297,7 +297,8 @@ class Client:
         stdout and stderr, oldest first; with ``after``, only those whose seq is above."""
         return self.request(Logs(program=program, lines=lines, after=after), LogsReply)
 
-    def follow_logs(self, program: str | None = None, lines: int = 20) -> Iterator[LogLine]:
+    def follow_logs(self, program: str | None = None,
+                    lines: int = 20) -> Generator[LogLine, None, None]:
         """The last ``lines`` lines, then each new one as it is printed, until the
         supervisor goes away (the iteration ends).
 
@@ -469,7 +470,8 @@ class _Subscription:
 
     def close(self) -> None:
         if self._monitor is not None:
-            self._sub.disable_monitor()
+            if not self._sub.closed:  # Client.close() may have closed every socket
+                self._sub.disable_monitor()
             self._monitor.close(linger=0)
             self._monitor = None
         self._sub.close(linger=0)

@@ -293,8 +293,9 @@ def logs(options: _Options, count: int, follow: bool, as_json: bool, name: str |
             _echo_lines(client.logs(name, count).lines, as_json)
             return
         try:
-            for line in client.follow_logs(name, count):
-                _echo_lines([line], as_json)
+            with contextlib.closing(client.follow_logs(name, count)) as lines:
+                for line in lines:
+                    _echo_lines([line], as_json)
         except KeyboardInterrupt:
             return  # Ctrl-C is how -f is meant to end: not an error
 
