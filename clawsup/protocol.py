@@ -86,6 +86,12 @@ class Incidents(_Request, tag="incidents", frozen=True):
     limit: int = 20
 
 
+class Logs(_Request, tag="logs", frozen=True):
+    program: str | None = None  # the main program by default
+    lines: int = 20
+    after: int | None = None  # only lines whose seq is above this
+
+
 Request = (
     Status
     | Start
@@ -99,6 +105,7 @@ Request = (
     | Shutdown
     | Version
     | Incidents
+    | Logs
 )
 
 COMMANDS: tuple[str, ...] = (
@@ -114,9 +121,10 @@ COMMANDS: tuple[str, ...] = (
     "shutdown",
     "version",
     "incidents",
+    "logs",
 )
 # Safe to send twice: the client retries only these after a timeout.
-IDEMPOTENT_COMMANDS = frozenset({"status", "health", "version", "incidents"})
+IDEMPOTENT_COMMANDS = frozenset({"status", "health", "version", "incidents", "logs"})
 
 
 class ErrorInfo(msgspec.Struct, frozen=True):
@@ -298,6 +306,22 @@ class IncidentsReply(msgspec.Struct, frozen=True, kw_only=True):
     latest: list[Incident]
 
 
+class LogLine(msgspec.Struct, frozen=True, kw_only=True):
+    """One line a program printed; also the items of a ``log`` event's ``data.lines``."""
+
+    seq: int  # numbers the program's lines since clawsup started: a gap is lines missed
+    ts: float  # wall-clock time clawsup read it
+    stream: Literal["stdout", "stderr"]
+    pid: int  # the process that printed it: it changes with each restart
+    text: str
+
+
+class LogsReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: Literal[True] = True
+    program: str
+    lines: list[LogLine]
+
+
 # Every reply the supervisor's handler may return to the control server.
 Reply = (
     StatusReply
@@ -309,6 +333,7 @@ Reply = (
     | DoneReply
     | ReloadReply
     | IncidentsReply
+    | LogsReply
     | ErrorReply
 )
 

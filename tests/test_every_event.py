@@ -61,6 +61,7 @@ RAISED = {
     "zombie_leak": "leaker leaves 8 zombie children",
     "liveness_failed": "probed's exec probe fails once its file is removed",
     "reaped": "orphaner's grandchild is re-parented to clawsup and exits",
+    "log": "crasher prints a line before it exits",
     "orphan_lock": "stuck's transcript lock outlives stuck",
     "session_archived": "an oversized transcript is written",
     "archive_purged": "an archive past archive_retention is written",
@@ -300,7 +301,7 @@ def _config(tmp_path: Path, webhook: Webhook) -> Path:
     marker = str(tmp_path / "marker")
     body = (
         _program("gw", SLEEPER, "main = true", autostart=True)
-        + _program("crasher", "import sys; sys.exit(3)",
+        + _program("crasher", "import sys; print('crashing'); sys.exit(3)",
                    'crash_loop = { max_restarts = 2, window = "30s", cooldown = "1h" }')
         + _program("hanger", MAIN_THREAD_IN_D.format(marker=marker + "-hanger"),
                    "[programs.hanger.hang]\nd_state_after = \"1s\"\nsample_interval = \"100ms\"\n")

@@ -30,6 +30,7 @@ from clawsup.protocol import (
     Health,
     HealthReply,
     LastExit,
+    Logs,
     ProgramStatus,
     Status,
     StatusReply,
@@ -63,7 +64,8 @@ def both(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
 
 # -- the command line -------------------------------------------------------------------
 
-WORDS = ["status", "health", "version", "restart", "--json", "--socket", "--socket=ipc:///a.sock",
+WORDS = ["status", "health", "version", "restart", "logs", "-n", "--lines", "--lines=3", "-f",
+         "-n5", "gw", "--json", "--socket", "--socket=ipc:///a.sock",
          "ipc:///r/c.sock", "tcp://127.0.0.1:5555", "rel.sock", "--timeout", "--timeout=2",
          "2", "0.5", ".5", "0", "-1", "1e3", "inf", "abc", "--help", "-h", "--version", "--",
          "", "-", "--curve-server-key", "--curve-client-key=k", "--bogus", "--json=1", "ipc://@abs"]
@@ -86,6 +88,9 @@ def click_reading(argv: list[str], env: dict[str, str]) -> dict[str, Any] | None
                 "endpoint": Client(options.endpoint).endpoint,  # as the Client resolves it
                 "timeout": options.timeout,
                 "as_json": params.get("as_json", False),
+                "program": params.get("name"),
+                "lines": params.get("count"),
+                "follow": params.get("follow", False),
                 "curve": (options.curve_server_key, options.curve_client_key),
             })
         return callback
@@ -94,6 +99,7 @@ def click_reading(argv: list[str], env: dict[str, str]) -> dict[str, Any] | None
         mock.patch.dict(os.environ, {**CLEAN_ENV, **env}, clear=True),
         mock.patch.object(ctl.status, "callback", record("status")),
         mock.patch.object(ctl.health, "callback", record("health")),
+        mock.patch.object(ctl.logs, "callback", record("logs")),
     ):
         try:
             ctl.cli.main(list(argv), prog_name="clawsupctl", standalone_mode=False)
@@ -110,16 +116,22 @@ def test_the_fast_path_reads_command_lines_as_click_does(words: list[str], env: 
         reading = click_reading(words, env)
         assert reading is not None, words
         assert reading.pop("curve") == (None, None)
+        assert reading.pop("follow") is False
         assert vars(fast) == reading, words
 
 
 def test_the_probe_and_script_lines_take_the_fast_path():
     env = {"CLAWSUP_SOCKET": "ipc:///run/clawsup/ctl/control.sock"}  # deploy/kubernetes
     assert vars(parse(HEALTH_COMMAND[1:], env) or {}) == {
-        "command": "health", "endpoint": env["CLAWSUP_SOCKET"], "timeout": None, "as_json": False}
+        "command": "health", "endpoint": env["CLAWSUP_SOCKET"], "timeout": None, "as_json": False,
+        "program": None, "lines": None}
     for argv in (["status"], ["status", "--json"], ["--timeout", "2", "health"],
-                 ["--socket", "/tmp/c.sock", "--timeout=0.5", "status"], ["--socket=ipc:///x", "health"]):
+                 ["--socket", "/tmp/c.sock", "--timeout=0.5", "status"], ["--socket=ipc:///x", "health"],
+                 ["logs"], ["logs", "-n", "1000"], ["logs", "gw", "--lines=5"]):
         assert parse(argv, {}) is not None, argv
+    line = parse(["logs", "-n", "1000", "gateway"], {})
+    assert line is not None
+    assert (line.program, line.lines) == ("gateway", 1000)
 
 
 def test_everything_else_is_left_to_click():
@@ -129,12 +141,18 @@ def test_everything_else_is_left_to_click():
         (["--curve-server-key", "k", "status"], {}), (["status"], {"CLAWSUP_CURVE_SERVER_KEY": "k"}),
         (["health", "--timeout", "2"], {}), (["--timeout", "1e3", "health"], {}),
         (["status"], {"_CLAWSUPCTL_COMPLETE": "bash_source"}),
+        (["logs", "-f"], {}), (["logs", "--json"], {}), (["logs", "-n", "1", "-n", "2"], {}),
+        (["logs", "a", "b"], {}), (["logs", "-n", "-1"], {}), (["logs", "-n", "\uff11"], {}),
     ):
         assert parse(argv, env) is None, (argv, env)
 
 
 def test_the_fast_requests_are_the_protocols():
     assert {"status": encode(Status()), "health": encode(Health())} == REQUESTS
+    for name in (None, "gateway", "wörker \" \n \x00"):
+        line = parse(["logs", "-n", "7", *([name] if name else [])], {})
+        assert line is not None
+        assert line.request() == encode(Logs(program=name, lines=7))
 
 
 # -- output parity against a real ControlServer -----------------------------------------
@@ -331,3 +349,50 @@ def test_the_console_script_loads_neither_click_pyzmq_nor_msgspec(
                           timeout=60, cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[-1] == "loaded:"
+
+
+# -- logs -------------------------------------------------------------------------------
+
+PRINTER = r"""
+import sys, time
+for i in range(30):
+    print(f"line {i} \u00fcml\u00e4ut \x1b[31mred\x1b[0m", flush=True)
+    print(f"error {i}", file=sys.stderr, flush=True)
+    time.sleep(0.002)
+while True: time.sleep(1)
+"""
+
+
+def test_logs_of_a_real_supervisor_match_the_click_path(tmp_path: Path):
+    config = write_config(tmp_path, f"""
+[programs.gateway]
+command = {python_program(PRINTER)}
+main = true
+""")
+    env = {"CLAWSUP_SOCKET": f"ipc://{tmp_path}/run/control.sock"}
+    supervisor = Clawsup(config, tmp_path / "clawsup.log")
+    try:
+        wait_until(lambda: "error 29" in run(FAST, "logs", "-n", "1", env=env)[1], timeout=30,
+                   what="the last line")
+        code, out, err = both("logs", "-n", "5", "gateway", env=env)
+        assert (code, err) == (0, "")
+        assert out.splitlines() == ["error 27", "line 28 ümläut \x1b[31mred\x1b[0m", "error 28",
+                                    "line 29 ümläut \x1b[31mred\x1b[0m", "error 29"]
+        assert len(both("logs", env=env)[1].splitlines()) == 20
+        assert both("logs", "--lines=0", env=env) == (0, "", "")
+        assert both("logs", "nosuch", env=env) == (
+            1, "", "clawsupctl: no program named 'nosuch' (known: gateway) (unknown_program)\n")
+        probe = (
+            "import atexit, runpy, sys\n"
+            "atexit.register(lambda: print('loaded:', *[m for m in ('click', 'zmq', 'msgspec',"
+            " 'clawsup.supervisor', 'clawsup.protocol') if m in sys.modules],"
+            " file=sys.stderr))\n"
+            f"sys.argv = [{FAST[0]!r}, 'logs', '-n', '3']\n"
+            f"runpy.run_path({FAST[0]!r}, run_name='__main__')\n"
+        )
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              timeout=60, cwd=REPO, env={**CLEAN_ENV, **env}, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.splitlines()[-1] == "loaded:"
+    finally:
+        supervisor.stop()

@@ -24,12 +24,22 @@ from clawsup.client._plain_replies import (
     BREAKER_STATUS,
     HEALTH_REPLY,
     LAST_EXIT,
+    LOG_LINE,
+    LOGS_REPLY,
     PROGRAM_STATUS,
     STATUS_REPLY,
     read_health,
     read_status,
 )
-from clawsup.protocol import BreakerStatus, HealthReply, LastExit, ProgramStatus, StatusReply
+from clawsup.protocol import (
+    BreakerStatus,
+    HealthReply,
+    LastExit,
+    LogLine,
+    LogsReply,
+    ProgramStatus,
+    StatusReply,
+)
 from tests.fake_control import ServerThread
 
 READY_ROUTER = zmtp._command(b"READY", [(b"Socket-Type", b"ROUTER")])
@@ -186,7 +196,8 @@ def test_heartbeat_commands_between_frames_are_skipped(tmp_path: Path):
 
 @pytest.mark.parametrize(("plain", "struct"), [
     (LAST_EXIT, LastExit), (BREAKER_STATUS, BreakerStatus), (PROGRAM_STATUS, ProgramStatus),
-    (STATUS_REPLY, StatusReply), (HEALTH_REPLY, HealthReply),
+    (STATUS_REPLY, StatusReply), (HEALTH_REPLY, HealthReply), (LOG_LINE, LogLine),
+    (LOGS_REPLY, LogsReply),
 ])
 def test_the_plain_readers_know_every_field_of_the_structs(plain: dict[str, Any], struct: type):
     fields = msgspec.structs.fields(struct)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Generator, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 import zmq
@@ -26,6 +27,9 @@ from clawsup.protocol import (
     HealthReply,
     Incidents,
     IncidentsReply,
+    LogLine,
+    Logs,
+    LogsReply,
     ProgramReply,
     ReloadReply,
     Request,
@@ -61,9 +65,22 @@ class _Outcome(msgspec.Struct):
     error: ErrorInfo | None = None
 
 
+class _LogEventData(msgspec.Struct):
+    """A ``log`` event's data: lines numbered from ``seq`` on, all of one read."""
+
+    seq: int
+    ts: float
+    stream: Literal["stdout", "stderr"]
+    pid: int
+    lines: list[str]
+
+
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 _outcome_decoder = msgspec.json.Decoder(_Outcome)
 _event_decoder = msgspec.json.Decoder(Event)
+# While following, how often to look whether the supervisor is still there when nothing
+# arrives: the socket monitor says so at once, this is for a peer that never connected.
+_GONE_CHECK_MS = 1000
 _reply_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
 
@@ -292,6 +309,44 @@ class Client:
         """Incident counts and the latest ones; ``since`` is seconds before now."""
         return self.request(Incidents(since=since, limit=limit), IncidentsReply)
 
+    def logs(self, program: str | None = None, lines: int = 20,
+             after: int | None = None) -> LogsReply:
+        """The last ``lines`` lines ``program`` (the main one by default) printed on
+        stdout and stderr, oldest first; with ``after``, only those whose seq is above."""
+        return self.request(Logs(program=program, lines=lines, after=after), LogsReply)
+
+    def follow_logs(self, program: str | None = None,
+                    lines: int = 20) -> Generator[LogLine, None, None]:
+        """The last ``lines`` lines, then each new one as it is printed, until the
+        supervisor goes away (the iteration ends).
+
+        Subscribes before asking for the tail, and numbers (``seq``) tell what was seen:
+        a line is never given twice, and lines a slow subscription missed are asked for.
+        """
+        subscription = self._subscribe(["log"], until_gone=True)
+        try:
+            reply = self.logs(program, lines)
+        except BaseException:
+            subscription.close()
+            raise
+        name = reply.program
+        last = 0
+        for line in reply.lines:
+            last = line.seq
+            yield line
+        for _frame, event in subscription.frames(None):
+            if event.program != name:
+                continue
+            new = _lines_of(event)
+            if new and new[0].seq > last + 1 and last:
+                for line in self.logs(name, new[0].seq - last - 1, after=last).lines:
+                    last = line.seq
+                    yield line
+            for line in new:
+                if line.seq > last:
+                    last = line.seq
+                    yield line
+
     def events(
         self, kinds: Iterable[str] | None = None, timeout: float | None = None
     ) -> Iterator[Event]:
@@ -303,34 +358,31 @@ class Client:
             yield event
 
     def event_frames(
-        self, kinds: Iterable[str] | None = None, timeout: float | None = None
+        self, kinds: Iterable[str] | None = None, timeout: float | None = None,
+        *, until_gone: bool = False,
     ) -> Iterator[tuple[bytes, Event]]:
         """Follow the PUB stream: each event as published (the raw frame) and decoded.
 
         Checks first that the supervisor answers, since a SUB would wait silently forever
         on a socket nobody publishes on. ``timeout``, if given, ends the iteration after
         that many seconds without an event. Events published before the subscription is
-        connected are not seen (PUB/SUB does not replay).
+        connected are not seen (PUB/SUB does not replay). With ``until_gone``, the
+        iteration also ends when the supervisor closes its events socket (it shuts
+        down, or dies), once the events it sent before are read.
         """
+        subscription = self._subscribe(kinds, until_gone)
+        yield from subscription.frames(timeout)
+
+    def _subscribe(self, kinds: Iterable[str] | None, until_gone: bool) -> _Subscription:
         self.version()
-        wanted = frozenset(kinds) if kinds else None
         endpoint = self._events_endpoint or events_endpoint_for(self.endpoint)
         sub = self._context().socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         self._apply_curve(sub)
+        monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED) if until_gone else None
         sub.connect(endpoint)
-        try:
-            while sub.poll(None if timeout is None else round(timeout * 1000), zmq.POLLIN):
-                frame = sub.recv()
-                try:
-                    event = _event_decoder.decode(frame)
-                except _DECODE_ERRORS as exc:
-                    raise BadReply(f"unexpected event ({exc}): {frame!r:.200}") from exc
-                if wanted is None or event.kind in wanted:
-                    yield frame, event
-        finally:
-            sub.close(linger=0)
+        return _Subscription(sub, monitor, ipc_path(endpoint), kinds)
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -359,3 +411,85 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _lines_of(event: Event) -> list[LogLine]:
+    try:
+        data = msgspec.convert(event.data, _LogEventData)
+    except msgspec.ValidationError as exc:
+        raise BadReply(f"unexpected log event ({exc}): {event.data!r:.200}") from exc
+    return [LogLine(seq=data.seq + offset, ts=data.ts, stream=data.stream, pid=data.pid,
+                    text=text) for offset, text in enumerate(data.lines)]
+
+
+def _decode_event(frame: bytes) -> Event:
+    try:
+        return _event_decoder.decode(frame)
+    except _DECODE_ERRORS as exc:
+        raise BadReply(f"unexpected event ({exc}): {frame!r:.200}") from exc
+
+
+class _Subscription:
+    """A connected SUB socket, read by ``frames``, which closes it when done. With a
+    ``monitor`` (EVENT_DISCONNECTED) it ends when the publisher goes away."""
+
+    def __init__(self, sub: zmq.Socket[bytes], monitor: zmq.Socket[bytes] | None,
+                 path: str | None, kinds: Iterable[str] | None) -> None:
+        self._sub = sub
+        self._monitor = monitor
+        self._path = path
+        self._wanted = frozenset(kinds) if kinds else None
+
+    def frames(self, timeout: float | None) -> Iterator[tuple[bytes, Event]]:
+        sub, monitor = self._sub, self._monitor
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        if monitor is not None:
+            poller.register(monitor, zmq.POLLIN)
+        idle_ms = None if timeout is None else round(timeout * 1000)
+        quiet_since = time.monotonic()
+        try:
+            while True:
+                wait = idle_ms
+                if wait is not None:
+                    wait = max(0, wait - round((time.monotonic() - quiet_since) * 1000))
+                if monitor is not None:
+                    wait = _GONE_CHECK_MS if wait is None else min(wait, _GONE_CHECK_MS)
+                ready = dict(poller.poll(wait))
+                if sub in ready:
+                    yield from self._take(zmq.NOBLOCK)
+                    quiet_since = time.monotonic()
+                    continue
+                if monitor is not None and (monitor in ready or self._gone()):
+                    # What it published before it went is queued here still.
+                    yield from self._take(zmq.NOBLOCK)
+                    return
+                if idle_ms is not None and time.monotonic() - quiet_since >= idle_ms / 1000:
+                    return
+        finally:
+            self.close()
+
+    def _take(self, flags: int) -> Iterator[tuple[bytes, Event]]:
+        """Every frame queued now."""
+        while True:
+            try:
+                frame = self._sub.recv(flags)
+            except zmq.Again:
+                return
+            event = _decode_event(frame)
+            if self._wanted is None or event.kind in self._wanted:
+                yield frame, event
+
+    def _gone(self) -> bool:
+        """Its socket file is gone (the supervisor removes it on the way out): for a
+        publisher that went away before our connection was made, which the monitor
+        cannot report."""
+        return self._path is not None and not os.path.exists(self._path)
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            if not self._sub.closed:  # Client.close() may have closed every socket
+                self._sub.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+        self._sub.close(linger=0)

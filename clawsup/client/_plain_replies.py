@@ -1,4 +1,4 @@
-"""The status and health replies read with the stdlib json module, for the fast path of
+"""The status, health and logs replies read with the stdlib json module, for the fast path of
 ``clawsupctl`` (msgspec alone would cost it a quarter of its start-up).
 
 Each reader returns the reply as ``msgspec.to_builtins`` gives the typed reply of
@@ -143,8 +143,22 @@ HEALTH_REPLY = {
     "reasons": (_list(_str), list),
 }
 
+LOG_LINE = {
+    "seq": (_int, _REQUIRED),
+    "ts": (_float, _REQUIRED),
+    "stream": (_literal("stdout", "stderr"), _REQUIRED),
+    "pid": (_int, _REQUIRED),
+    "text": (_str, _REQUIRED),
+}
+LOGS_REPLY = {
+    "ok": (_literal(True), _REQUIRED),  # the struct defaults it, but the client demands it
+    "program": (_str, _REQUIRED),
+    "lines": (_list(_struct(LOG_LINE)), _REQUIRED),
+}
+
 _read_status = _struct(STATUS_REPLY)
 _read_health = _struct(HEALTH_REPLY)
+_read_logs = _struct(LOGS_REPLY)
 
 
 def read_status(frame: bytes) -> dict[str, Any] | None:
@@ -153,6 +167,10 @@ def read_status(frame: bytes) -> dict[str, Any] | None:
 
 def read_health(frame: bytes) -> dict[str, Any] | None:
     return _read(frame, _read_health)
+
+
+def read_logs(frame: bytes) -> dict[str, Any] | None:
+    return _read(frame, _read_logs)
 
 
 def _read(frame: bytes, check: Check) -> dict[str, Any] | None:

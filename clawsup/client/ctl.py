@@ -31,7 +31,7 @@ from clawsup.client._endpoint import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from clawsup.client import Client
-    from clawsup.protocol import IncidentsReply, ProgramReply, SettingReply
+    from clawsup.protocol import IncidentsReply, LogLine, ProgramReply, SettingReply
 
 # Queries answer at once; start/stop/restart answer when the program got there: a
 # stop_timeout, then a start that lasts until the gateway serves (up to its liveness
@@ -295,14 +295,55 @@ def health(options: _Options) -> None:
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
 @_pass_options
 def events(options: _Options, kinds: tuple[str, ...], count: int | None) -> None:
-    """Follow the event stream: one JSON object per line."""
+    """Follow the event stream: one JSON object per line. Program output (``log``
+    events) only with --kind log: `clawsupctl logs -f` is the way to read it."""
     seen = 0
     with options.client() as client:
-        for frame, _event in client.event_frames(kinds or None):
+        for frame, event in client.event_frames(kinds or None):
+            if not kinds and event.kind == "log":
+                continue
             click.echo(frame.decode())
             seen += 1
             if count is not None and seen >= count:
                 return
+
+
+@cli.command()
+@click.option("-n", "--lines", "count", default=20, show_default=True,
+              type=click.IntRange(min=0), metavar="LINES", help="How many of the last lines.")
+@click.option("-f", "--follow", is_flag=True,
+              help="Then print new lines as they come, until Ctrl-C or clawsup exits.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object a line: seq, ts, stream, pid, text.")
+@click.argument("name", required=False)
+@_pass_options
+def logs(options: _Options, count: int, follow: bool, as_json: bool, name: str | None) -> None:
+    """The last lines NAME (default: the main program) printed, stdout and stderr in
+    order, across restarts."""
+    with options.client() as client:
+        if not follow:
+            _echo_lines(client.logs(name, count).lines, as_json)
+            return
+        try:
+            with contextlib.closing(client.follow_logs(name, count)) as lines:
+                for line in lines:
+                    _echo_lines([line], as_json)
+        except KeyboardInterrupt:
+            return  # Ctrl-C is how -f is meant to end: not an error
+
+
+def _echo_lines(lines: Sequence[LogLine], as_json: bool) -> None:
+    if not lines:
+        return
+    if as_json:
+        import msgspec
+
+        text = "\n".join(msgspec.json.encode(line).decode() for line in lines)
+    else:
+        text = "\n".join(line.text for line in lines)
+    # Not click.echo: a program's own colours are kept, as supervisorctl tail keeps them.
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 @cli.command()

@@ -1,5 +1,5 @@
-"""The ``clawsupctl`` command: ``status`` and ``health`` without click, pyzmq or msgspec,
-everything else through the click CLI in ctl.py.
+"""The ``clawsupctl`` command: ``status``, ``health`` and ``logs`` without click, pyzmq or
+msgspec, everything else through the click CLI in ctl.py.
 
 Container HEALTHCHECKs and Kubernetes probes run ``clawsupctl health`` every few seconds
 for the container's whole life (Dockerfile, deploy/kubernetes/), and scripts and skills
@@ -12,11 +12,14 @@ strictly, and served over a plain Unix socket by the ZMTP client in zmtp.py, the
 read with the stdlib json module. Anything else (help, other commands, CURVE keys, a TCP
 endpoint, an option it does not know, shell completion) goes to the click CLI, which
 owns every message and error; a test holds the two parsers to the same reading, and the
-two paths to the same output, errors and exit status.
+two paths to the same output, errors and exit status. ``logs [-n LINES] [NAME]`` (no
+``-f``, no ``--json``) is served here too: it is what an operator or a skill runs to see
+what the gateway printed, and `supervisorctl tail` is what it is measured against.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -29,7 +32,7 @@ from clawsup.client._endpoint import (
     unreachable_reason,
 )
 from clawsup.client._errors import ClawsupError, Timeout, Unreachable
-from clawsup.client._plain_replies import read_health, read_status
+from clawsup.client._plain_replies import read_health, read_logs, read_status
 from clawsup.status_text import format_status, health_line
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~4 ms)
@@ -37,25 +40,38 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-STATUS, HEALTH = "status", "health"
+STATUS, HEALTH, LOGS = "status", "health", "logs"
 # What clawsup.protocol.encode(Status()) and encode(Health()) write (a test checks).
 REQUESTS = {STATUS: b'{"cmd":"status"}', HEALTH: b'{"cmd":"health"}'}
-# As the click CLI's Client: status is retried once on a fresh connection after a
-# timeout (it is idempotent); health is asked once, so it answers within --timeout.
-ATTEMPTS = {STATUS: 2, HEALTH: 1}
+# As the click CLI's Client: status and logs are retried once on a fresh connection
+# after a timeout (they are idempotent); health is asked once, so it answers within
+# --timeout.
+ATTEMPTS = {STATUS: 2, HEALTH: 1, LOGS: 2}
+DEFAULT_LOG_LINES = 20  # as ctl.logs's -n
 # Environment that changes what click does with any command line: shell completion, and
 # CURVE keys, with which the Client uses CURVE even over ipc.
 CLICK_ONLY_ENV = ("_CLAWSUPCTL_COMPLETE", "CLAWSUP_CURVE_SERVER_KEY", "CLAWSUP_CURVE_CLIENT_KEY")
 
 
 class CommandLine:
-    """A ``status`` or ``health`` line the fast path serves."""
+    """A ``status``, ``health`` or ``logs`` line the fast path serves."""
 
-    def __init__(self, command: str, endpoint: str, timeout: float | None, as_json: bool) -> None:
+    def __init__(self, command: str, endpoint: str, timeout: float | None, as_json: bool,
+                 *, program: str | None = None, lines: int | None = None) -> None:
         self.command = command
         self.endpoint = endpoint
         self.timeout = timeout
         self.as_json = as_json
+        self.program = program  # logs: NAME
+        self.lines = lines  # logs: -n
+
+    def request(self) -> bytes:
+        if self.command != LOGS:
+            return REQUESTS[self.command]
+        # As clawsup.protocol.encode(Logs(...)) writes it (a test checks).
+        return json.dumps({"cmd": LOGS, "program": self.program, "lines": self.lines,
+                           "after": None}, ensure_ascii=False,
+                          separators=(",", ":")).encode("utf-8", "surrogatepass")
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> CommandLine | None:
@@ -67,7 +83,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> CommandLine | None:
     for arg in rest:
         name, eq, value = arg.partition("=")
         if name not in ("--socket", "--timeout"):
-            if arg not in (STATUS, HEALTH):
+            if arg not in (STATUS, HEALTH, LOGS):
                 return None  # --help, --version, CURVE keys, another command, a typo
             break
         given = value if eq else next(rest, None)
@@ -79,7 +95,11 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> CommandLine | None:
         return None  # no command
     command = arg
     flags = list(rest)
-    if any(flag != "--json" for flag in flags) or (command == HEALTH and flags):
+    logs = _logs_arguments(flags) if command == LOGS else None
+    if command == LOGS:
+        if logs is None:
+            return None
+    elif any(flag != "--json" for flag in flags) or (command == HEALTH and flags):
         return None
     timeout = None
     if "--timeout" in options:
@@ -94,7 +114,30 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> CommandLine | None:
     # tcp:// (CURVE) and Linux abstract sockets (ipc://@name) are pyzmq's business.
     if path is None or path.startswith("@"):
         return None
+    if logs is not None:
+        return CommandLine(command, endpoint, timeout, False, program=logs[0], lines=logs[1])
     return CommandLine(command, endpoint, timeout, bool(flags))
+
+
+def _logs_arguments(args: list[str]) -> tuple[str | None, int] | None:
+    """NAME and -n of ``logs`` given as ``-n N``, ``--lines N`` or ``--lines=N`` (plain
+    digits) and at most one NAME, each once, in any order; None for anything else (-f,
+    --json, a repeat, an odd spelling): click decides what it means."""
+    name: str | None = None
+    lines: int | None = None
+    rest = iter(args)
+    for arg in rest:
+        option, eq, value = arg.partition("=")
+        if arg == "-n" or option == "--lines":
+            given = value if eq else next(rest, None)
+            if lines is not None or given is None or not given.isascii() or not given.isdigit():
+                return None
+            lines = int(given)
+        elif arg.startswith("-") or name is not None or not arg:
+            return None
+        else:
+            name = arg
+    return name, DEFAULT_LOG_LINES if lines is None else lines
 
 
 def _seconds(text: str) -> float | None:
@@ -111,6 +154,13 @@ def run(line: CommandLine) -> int:
     """Serve ``line`` as the click CLI would: same output, same errors, same exit."""
     try:
         frame = _ask(line)
+        if line.command == LOGS:
+            reply = read_logs(frame) or _typed(frame, LOGS)
+            if reply["lines"]:
+                # As ctl.logs: written as printed, a program's colours kept.
+                sys.stdout.write("\n".join(item["text"] for item in reply["lines"]) + "\n")
+                sys.stdout.flush()
+            return 0
         if line.command == STATUS:
             reply = read_status(frame) or _typed(frame, STATUS)
             _echo(frame.decode() if line.as_json else format_status(reply))
@@ -141,7 +191,7 @@ def _ask(line: CommandLine) -> bytes:
     timeout = DEFAULT_TIMEOUT if line.timeout is None else line.timeout
     for _ in range(ATTEMPTS[line.command]):
         try:
-            return zmtp.request(path, REQUESTS[line.command], timeout)
+            return zmtp.request(path, line.request(), timeout)
         except zmtp.TimedOut:
             continue
         except zmtp.ConnectFailed as exc:
@@ -161,9 +211,10 @@ def _typed(frame: bytes, command: str) -> dict[str, Any]:
     import msgspec
 
     from clawsup.client._client import Client
-    from clawsup.protocol import HealthReply, StatusReply
+    from clawsup.protocol import HealthReply, LogsReply, StatusReply
 
-    reply_type = StatusReply if command == STATUS else HealthReply
+    reply_type: type[StatusReply | HealthReply | LogsReply] = (
+        StatusReply if command == STATUS else HealthReply if command == HEALTH else LogsReply)
     data: dict[str, Any] = msgspec.to_builtins(Client.decode_reply(frame, reply_type))
     return data
 

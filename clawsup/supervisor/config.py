@@ -158,6 +158,25 @@ class Liveness(_Section, frozen=True):
             raise ValueError("liveness start_timeout must be above 0")
 
 
+class Logs(_Section, frozen=True):
+    """What is kept of a program's output (logbuffer.py), besides the container log."""
+
+    # The newest lines kept for `clawsupctl logs`: bytes of memory (an ASCII line, its
+    # length plus ~170).
+    buffer: Size = Size(1 << 20)
+    # Also append them to this file, rotated by rename past max_size (0: never rotated),
+    # keeping this many old files (FILE.1 is the newest).
+    file: str | None = None
+    max_size: Size = Size(10 << 20)
+    backups: int = 3
+
+    def __post_init__(self) -> None:
+        if self.backups < 0:
+            raise ValueError(f"backups must be >= 0, got {self.backups}")
+        if self.file is not None and not self.file:
+            raise ValueError("file must be a path")
+
+
 class ProgramConfig(_Section, frozen=True):
     command: list[str]
     main: bool = False
@@ -175,6 +194,7 @@ class ProgramConfig(_Section, frozen=True):
     crash_loop: CrashLoop = CrashLoop()
     hang: Hang = Hang()
     liveness: Liveness | None = None
+    logs: Logs = Logs()
     # Which of the signals clawsup receives and passes on (USR1, USR2, WINCH) go to this
     # program's process group. None: USR2 and WINCH for the main program, none for the
     # others. USR1 only when listed: Node opens its inspector (a debugger on

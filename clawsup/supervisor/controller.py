@@ -29,6 +29,9 @@ from clawsup.protocol import (
     Health,
     Incidents,
     IncidentsReply,
+    LogLine,
+    Logs,
+    LogsReply,
     ProgramReply,
     Reload,
     ReloadReply,
@@ -211,6 +214,8 @@ class Controller:
                 return self.health()
             case Version():
                 return VersionReply(version=__version__)
+            case Logs(program=name, lines=count, after=after):
+                return self.logs(name, count, after)
             case _:
                 return None
 
@@ -219,7 +224,7 @@ class Controller:
         if quick is not None:
             return quick
         match request:
-            case Status() | Health() | Version():
+            case Status() | Health() | Version() | Logs():
                 raise AssertionError("answered by answer_now")
             case Start(program=name, wait=wait):
                 return await self._start(name, wait)
@@ -274,6 +279,18 @@ class Controller:
             reasons = [*reply.reasons, f"model breaker is {self.breaker.state}"]
             return HealthReplyType(healthy=False, reasons=reasons)
         return reply
+
+    def logs(self, name: str | None, count: int, after: int | None) -> Reply:
+        program = self._program(name)
+        if isinstance(program, ErrorReply):
+            return program
+        if count < 0:
+            return error_reply(BAD_VALUE, f"lines must be 0 or more, got {count}")
+        output = self.supervisor.outputs.get(program.name)
+        kept = [] if output is None else output.buffer.tail(count, after)
+        return LogsReply(program=program.name,
+                         lines=[LogLine(seq=line.seq, ts=line.ts, stream=line.stream,
+                                        pid=line.pid, text=line.text) for line in kept])
 
     def _program(self, name: str | None) -> Program | ErrorReply:
         if name is None:

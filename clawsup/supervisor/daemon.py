@@ -34,6 +34,7 @@ from clawsup.supervisor.config import (
     load_config,
 )
 from clawsup.supervisor.kinds import EVENT_KINDS, ROUTINE_KINDS
+from clawsup.supervisor.logbuffer import Outputs, Stream
 from clawsup.supervisor.probes import http_probe, tcp_probe
 from clawsup.supervisor.program import Program, SpawnError, State, TimerHandle
 from clawsup.supervisor.reload import WATCH_KEYS, ReloadPlan, plan_reload
@@ -157,7 +158,9 @@ class Supervisor:
         self._leaving: dict[str, Program] = {}
         # A program added by a reload while its namesake was leaving: started after it.
         self._start_after_leaving: dict[str, Program] = {}
-        self._relays: dict[int, tuple[str, int, bytearray]] = {}
+        # Output pipe -> (program, container log fd, pid that writes it, partial line).
+        self._relays: dict[int, tuple[str, int, int, bytearray]] = {}
+        self.outputs = Outputs()  # what each program printed (logbuffer.py)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown_requested: asyncio.Event | None = None
         self._exit_code: int | None = None
@@ -229,6 +232,7 @@ class Supervisor:
         self._remove_signal_handlers()
         for watch in self._watches.values():
             watch.cancel()
+        self.outputs.close(timeout=2.0)
         return self._final_status()
 
     def request_shutdown(self, exit_code: int | None = None) -> None:
@@ -394,8 +398,8 @@ class Supervisor:
             spawned = spawn(program.name, program.config, environment)
         self.trees.started(program.name, spawned.pid)
         self._children[spawned.pid] = _Child(program=program, spawned=spawned)
-        self._relay_output(program.name, spawned.stdout, 1)
-        self._relay_output(program.name, spawned.stderr, 2)
+        self._relay_output(program.name, spawned.stdout, 1, spawned.pid)
+        self._relay_output(program.name, spawned.stderr, 2, spawned.pid)
         watch = self._watches.get(program)
         if watch is not None and watch.sampler is not None:
             watch.sampler.watch(spawned.pid)
@@ -475,13 +479,13 @@ class Supervisor:
 
     # -- output ------------------------------------------------------------------------------
 
-    def _relay_output(self, name: str, fd: int, target: int) -> None:
+    def _relay_output(self, name: str, fd: int, target: int, pid: int) -> None:
         assert self._loop is not None
-        self._relays[fd] = (name, target, bytearray())
+        self._relays[fd] = (name, target, pid, bytearray())
         self._loop.add_reader(fd, self._read_output, fd)
 
     def _read_output(self, fd: int) -> None:
-        name, target, pending = self._relays[fd]
+        name, target, pid, pending = self._relays[fd]
         try:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
@@ -495,33 +499,43 @@ class Supervisor:
             del self._relays[fd]
             os.close(fd)
             if pending:
-                self._write_lines(name, target, bytes(pending) + b"\n")
+                self._write_lines(name, target, pid, bytes(pending) + b"\n")
             return
         pending.extend(chunk)
         cut = pending.rfind(b"\n")
         if cut >= 0:
-            self._write_lines(name, target, bytes(pending[: cut + 1]))
+            self._write_lines(name, target, pid, bytes(pending[: cut + 1]))
             del pending[: cut + 1]
         if len(pending) > MAX_LINE:
-            self._write_lines(name, target, bytes(pending) + b"\n")
+            self._write_lines(name, target, pid, bytes(pending) + b"\n")
             pending.clear()
 
-    def _write_lines(self, name: str, target: int, data: bytes) -> None:
+    def _write_lines(self, name: str, target: int, pid: int, data: bytes) -> None:
         prefix = name.encode() + b" | "
-        out = b"".join(prefix + line + b"\n" for line in data.splitlines())
-        try:
+        lines = data.splitlines()
+        out = b"".join(prefix + line + b"\n" for line in lines)
+        # A full container log pipe: drop rather than stall supervision (the buffer
+        # below still keeps the lines).
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
             os.write(target, out)
-        except BlockingIOError:
-            # The container log pipe is full: drop rather than stall supervision.
-            return
-        except BrokenPipeError:
-            return
+        self._keep_lines(name, "stdout" if target == 1 else "stderr", pid, lines)
+
+    def _keep_lines(self, name: str, stream: Stream, pid: int, lines: list[bytes]) -> None:
+        """Into the program's buffer (and file), and out as one ``log`` event per read:
+        what `clawsupctl logs -f` follows. One event per chunk, not per line, and only
+        when there is output: an idle gateway costs nothing here."""
+        added = self.outputs.add(name, self.clock.time(), stream, pid, lines)
+        if added is not None:
+            self.emit("log", name, f"{len(added.texts)} line(s) of {name}'s {stream}",
+                      {"seq": added.first_seq, "ts": added.ts, "stream": stream, "pid": pid,
+                       "lines": added.texts}, logged=True)
 
     # -- programs -----------------------------------------------------------------------------
 
     def _add_program(self, name: str, program_config: ProgramConfig) -> Program:
         program = Program(name=name, config=program_config, effects=self, clock=self.clock)
         self.programs[name] = program
+        self.outputs.configure(name, program_config.logs)
         self._watch(program)
         return program
 
@@ -780,6 +794,9 @@ class Supervisor:
             change = plan.change(f"programs.{name}")
             if change is None:
                 continue
+            if program.config.logs != config.logs:
+                # Applied at once; the kept lines stay (logbuffer.py).
+                self.outputs.configure(name, config.logs)
             program.config = config
             if any(key in WATCH_KEYS for key in change.keys):
                 self._watch(program)
@@ -829,6 +846,7 @@ class Supervisor:
             watch.cancel()
         if self.programs.get(program.name) is program:
             del self.programs[program.name]
+            self.outputs.forget(program.name)  # not a namesake's, which keeps the name
 
     # -- queries ------------------------------------------------------------------------------
 

@@ -41,6 +41,8 @@ _CATALOGUE = (
     Kind("zombie_leak", "too many zombie children: graceful restart", incident=True),
     Kind("liveness_failed", "the liveness probe failed in a row: restart", incident=True),
     Kind("reaped", "orphaned processes re-parented to clawsup were reaped"),
+    # Program output (daemon.py, logbuffer.py): what `clawsupctl logs -f` follows.
+    Kind("log", "lines a program printed (one event per read of its output)", routine=True),
     # The janitor (janitor.py).
     Kind("orphan_lock", "a transcript lock of a dead owner was removed", incident=True),
     Kind("session_archived", "an oversized transcript was archived", incident=True),
