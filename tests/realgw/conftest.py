@@ -53,3 +53,16 @@ def module_runs(tmp_path_factory: pytest.TempPathFactory,
                 gateway_install: GatewayInstall) -> Iterator[RunFactory]:
     """As real_runs, shared by a module's tests: one gateway start serves many tests."""
     yield from _runs(tmp_path_factory.mktemp("realgw"), gateway_install)
+
+
+def serving_module_run(module_runs: RunFactory, name: str, override: str,
+                       prepare: Callable[[RealRun], object] | None = None) -> RealRun:
+    """The one gateway a test module shares: started under ``override``, serving.
+
+    ``prepare`` runs before clawsup starts (e.g. to install a skill in its home)."""
+    run = module_runs(name, override=override)
+    if prepare is not None:
+        prepare(run)
+    run.start()
+    run.serving(what="the first start")
+    return run

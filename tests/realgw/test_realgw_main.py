@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.realgw.conftest import RunFactory
+from tests.realgw.conftest import RunFactory, serving_module_run
 from tests.realgw.fake_model import ExecCall, Text
 from tests.realgw.harness import GATEWAY_PORT, RealRun, http_answers
 from tests.util import wait_until
@@ -36,9 +36,7 @@ max_session_size = "256KB"
 
 @pytest.fixture(scope="module")
 def gw(module_runs: RunFactory) -> RealRun:
-    run = module_runs("main", override=OVERRIDE).start()
-    run.serving(what="the first start")
-    return run
+    return serving_module_run(module_runs, "main", OVERRIDE)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from clawsup.skill import source
-from tests.realgw.conftest import RunFactory
+from tests.realgw.conftest import RunFactory, serving_module_run
 from tests.realgw.fake_model import ExecCall, Request, Text
 from tests.realgw.harness import RealRun
 from tests.test_skill import front_matter
@@ -44,11 +44,8 @@ def _install_skill(directory: str) -> None:
 
 @pytest.fixture(scope="module")
 def gw(module_runs: RunFactory) -> RealRun:
-    run = module_runs("skill", override=OVERRIDE)
-    _install_skill(str(run.clawdbot / "skills"))
-    run.start()
-    run.serving(what="the first start")
-    return run
+    return serving_module_run(module_runs, "skill", OVERRIDE,
+                              prepare=lambda run: _install_skill(str(run.clawdbot / "skills")))
 
 
 @pytest.fixture

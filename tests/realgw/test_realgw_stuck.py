@@ -15,7 +15,7 @@ import signal
 
 import pytest
 
-from tests.realgw.conftest import RunFactory
+from tests.realgw.conftest import RunFactory, serving_module_run
 from tests.realgw.fake_model import Hold, Text
 from tests.realgw.harness import RealRun
 from tests.util import wait_until
@@ -32,9 +32,7 @@ message_timeout = "{MESSAGE_TIMEOUT:g}s"
 
 @pytest.fixture(scope="module")
 def gw(module_runs: RunFactory) -> RealRun:
-    run = module_runs("stuck", override=OVERRIDE).start()
-    run.serving(what="the first start")
-    return run
+    return serving_module_run(module_runs, "stuck", OVERRIDE)
 
 
 def _hang_a_turn(gw: RealRun, session: str) -> int:
