@@ -12,6 +12,7 @@ Events on the PUB socket are single-frame JSON objects with ``ts``, ``kind``, ``
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Literal
 
 import msgspec
@@ -349,6 +350,44 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return float(value)
     return str(value)
+
+
+class EventKind(StrEnum):
+    """The kind of every event on the PUB socket (what ``clawsupctl events --kind`` takes).
+
+    The names only: what each means, and whether it is an incident, is the supervisor's
+    catalogue (supervisor/kinds.py), which must list exactly these.
+    """
+
+    STATE = "state"
+    EXITED = "exited"
+    BACKOFF = "backoff"
+    RESTARTED = "restarted"
+    CRASH_LOOP = "crash_loop"
+    FATAL = "fatal"
+    UNKILLABLE = "unkillable"
+    HUNG = "hung"
+    THREAD_HUNG = "thread_hung"
+    ZOMBIE_LEAK = "zombie_leak"
+    LIVENESS_FAILED = "liveness_failed"
+    REAPED = "reaped"
+    LOG = "log"
+    ORPHAN_LOCK = "orphan_lock"
+    SESSION_ARCHIVED = "session_archived"
+    ARCHIVE_PURGED = "archive_purged"
+    MESSAGE_TIMEOUT = "message_timeout"
+    BREAKER_OPEN = "breaker_open"
+    BREAKER_HALF_OPEN = "breaker_half_open"
+    BREAKER_CLOSED = "breaker_closed"
+    MODEL_CHANGED = "model_changed"
+    TIMEZONE_CHANGED = "timezone_changed"
+    OVERRIDE_DROPPED = "override_dropped"
+    RESTART_REQUESTED = "restart_requested"
+    RESTART_SCHEDULED = "restart_scheduled"
+    IDLE_RESTART = "idle_restart"
+    RESTART_CANCELLED = "restart_cancelled"
+    RELOADED = "reloaded"
+    RELOAD_FAILED = "reload_failed"
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):

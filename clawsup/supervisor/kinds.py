@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clawsup.protocol import EventKind
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -72,5 +74,9 @@ _CATALOGUE = (
 )
 
 EVENT_KINDS: dict[str, Kind] = {kind.name: kind for kind in _CATALOGUE}
+# The wire enum (what a client may name) and this catalogue are one list, checked at import.
+if set(EVENT_KINDS) != {kind.value for kind in EventKind}:  # pragma: no cover
+    raise ImportError("kinds.py and protocol.EventKind disagree: "
+                      f"{sorted(set(EVENT_KINDS) ^ {kind.value for kind in EventKind})}")
 INCIDENT_KINDS = frozenset(kind.name for kind in _CATALOGUE if kind.incident)
 ROUTINE_KINDS = frozenset(kind.name for kind in _CATALOGUE if kind.routine)
