@@ -126,6 +126,8 @@ PROGRAM_STATUS = {
     "description": (_str, ""),
     "stuck_thread": (_str, ""),
     "processes": (_int, 0),
+    "rss": (_optional(_int), None),
+    "cpu_percent": (_optional(_float), None),
 }
 STATUS_REPLY = {
     "ok": (_literal(True), _REQUIRED),  # the struct defaults it, but the client demands it

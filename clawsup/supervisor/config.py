@@ -6,6 +6,7 @@ Every error names the file, the key and what was expected, as one ``ConfigError`
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import tomllib
@@ -15,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from clawsup.supervisor.kinds import EVENT_KINDS
+from clawsup.supervisor.resources import Limits
 from clawsup.units import Duration, Size, parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = "/etc/clawsup/clawsup.toml"
@@ -177,6 +179,29 @@ class Logs(_Section, frozen=True):
             raise ValueError("file must be a path")
 
 
+class Resources(_Section, frozen=True):
+    """Limits on what a program's whole tree uses (resources.py judges them)."""
+
+    max_rss: Size | None = None
+    # Percent of one core: 150 is one and a half cores.
+    max_cpu: float | None = None
+    # How long max_cpu must be exceeded without a break.
+    window: Duration = Duration(60.0)
+
+    def __post_init__(self) -> None:
+        if self.max_rss is not None and self.max_rss <= 0:
+            raise ValueError(f"max_rss must be above 0, got {self.max_rss}")
+        if self.max_cpu is not None and not (math.isfinite(self.max_cpu) and self.max_cpu > 0):
+            raise ValueError("max_cpu must be a percentage of one core above 0 (150 is one "
+                             f"and a half cores), got {self.max_cpu!r}")
+        if not (math.isfinite(self.window) and self.window > 0):
+            raise ValueError(f"window must be a duration above 0, got {self.window!r}")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_rss=self.max_rss, max_cpu=self.max_cpu, window=self.window)
+
+
 class ProgramConfig(_Section, frozen=True):
     command: list[str]
     main: bool = False
@@ -195,6 +220,7 @@ class ProgramConfig(_Section, frozen=True):
     hang: Hang = Hang()
     liveness: Liveness | None = None
     logs: Logs = Logs()
+    resources: Resources = Resources()
     # Which of the signals clawsup receives and passes on (USR1, USR2, WINCH) go to this
     # program's process group. None: USR2 and WINCH for the main program, none for the
     # others. USR1 only when listed: Node opens its inspector (a debugger on

@@ -42,6 +42,8 @@ _CATALOGUE = (
          "until the kernel returns", incident=True),
     Kind("zombie_leak", "too many zombie children: graceful restart", incident=True),
     Kind("liveness_failed", "the liveness probe failed in a row: restart", incident=True),
+    Kind("resource_limit", "the program's tree stayed over max_rss or max_cpu: graceful "
+         "restart", incident=True),
     Kind("reaped", "orphaned processes re-parented to clawsup were reaped"),
     # Program output (daemon.py, logbuffer.py): what `clawsupctl logs -f` follows.
     Kind("log", "lines a program printed (one event per read of its output)", routine=True),

@@ -60,6 +60,16 @@ class StatReader:
         fields = raw[raw.rfind(b")") + 2 :].split()
         return int(fields[17]) if len(fields) > 17 else None
 
+    def stat_line(self) -> bytes | None:
+        """The whole stat line (usage.py reads its CPU and RSS fields), None if gone."""
+        if self._fd is None and self.state() is None:
+            return None
+        assert self._fd is not None
+        try:
+            return os.pread(self._fd, 1024, 0)
+        except OSError:
+            return None
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -12,12 +12,19 @@ state stays on the loop: the thread hands over only the samples that matter (a D
 the first sample after one, a process tree or zombie count that changed, another thread
 in D and the first reading after it left) through ``call_soon_threadsafe``, and nothing
 at all while the program sleeps as usual.
+
+At each walk of the tree it also reads what the tree uses (usage.py): the last reading is
+kept in ``Sampler.usage`` for ``status`` to read, and handed to the loop only when it is
+over a limit of ``[programs.NAME.resources]`` or the first under after one over
+(resources.py judges them there). With ``hang`` off (``hang.enabled = false``) only that
+is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import select
@@ -28,6 +35,8 @@ from dataclasses import dataclass
 
 from clawsup.supervisor import procinfo
 from clawsup.supervisor.hang import ThreadInD
+from clawsup.supervisor.resources import NO_LIMITS, Limits, Usage, over
+from clawsup.supervisor.usage import TreeSnapshot, TreeUsage
 
 log = logging.getLogger("clawsup")
 
@@ -49,6 +58,8 @@ class Observation:
     zombies: int | None = None
     # The other threads in D, when they were read (see _Process.threads_in_d).
     threads_in_d: tuple[ThreadInD, ...] | None = None
+    # What the tree uses, when over a limit or the first sample back under.
+    usage: Usage | None = None
 
 
 class _Process:
@@ -58,6 +69,7 @@ class _Process:
         self.pid = pid
         self.stat = procinfo.StatReader(pid)
         self._children = procinfo.ChildrenReader(pid)
+        self.usage: TreeUsage | None = None
 
     def tree(self) -> tuple[int, ...]:
         """Every process below this one."""
@@ -93,8 +105,20 @@ class Sampler:
         deliver: Callable[[Observation], None],
         loop: asyncio.AbstractEventLoop,
         monotonic: Callable[[], float],
+        *,
+        tree: Callable[[], TreeSnapshot] | None = None,
+        limits: Limits = NO_LIMITS,
+        hang: bool = True,
     ) -> None:
+        """``tree``: the program's members (Trees.snapshot), to read what they use;
+        None reads nothing. ``hang``: judge D states and zombies at all."""
         self.name = name
+        self._tree = tree
+        self._limits = limits
+        self._hang = hang
+        # The last reading of what the tree uses; None while nothing runs. Written by the
+        # thread, read by the loop: one reference, as ``_pid`` is.
+        self.usage: Usage | None = None
         self._interval_ms = max(1, round(interval * 1000))
         self._deliver = deliver
         self._loop = loop
@@ -109,6 +133,7 @@ class Sampler:
 
     def watch(self, pid: int | None) -> None:
         self._pid = pid
+        self.usage = None
 
     def close(self) -> None:
         if self._stop_write < 0:
@@ -144,6 +169,7 @@ class Sampler:
         # 60 us every sample.
         following: tuple[int, ...] = ()
         failing = False
+        was_over = False  # the last reading of what the tree uses was over a limit
         # Keep this loop short: it is the idle cost of clawsup.
         while not poller.poll(self._interval_ms):
             pid = self._pid
@@ -151,25 +177,43 @@ class Sampler:
                 if watched is not None:
                     watched.close()
                     watched = None
+                    self.usage = None
                 continue
             try:
                 if watched is None or watched.pid != pid:
                     if watched is not None:
                         watched.close()
                     watched = _Process(pid)
+                    if self._tree is not None:
+                        watched.usage = TreeUsage(watched.stat, self._tree)
                     samples = 0
                     in_d = False
                     following = ()
+                    was_over = False
                 state = watched.stat.state()
                 samples += 1
                 walk = samples % TREE_SCAN_EVERY == 1
+                if not self._hang:
+                    state = None if state is None else "S"  # D states are not judged
                 if state != "D" and not in_d and not walk and not following:
                     continue
                 tree = watched.tree() if walk and state is not None else None
+                usage = self._read_usage(watched, tree)
+                due = usage is not None and (bool(over(usage, self._limits)) or was_over)
+                if usage is not None:
+                    was_over = bool(over(usage, self._limits))
+                if not self._hang:
+                    if due:
+                        self._loop.call_soon_threadsafe(
+                            self._deliver, Observation(pid=pid, state=state, switches=None,
+                                                       at=self._monotonic(), usage=usage))
+                    continue
                 threads = None
                 if state is not None and (walk or following):
                     threads = watched.threads_in_d(None if walk else following)
                 seen = self._observe(pid, state, tree, last_tree, threads)
+                if due:
+                    seen = dataclasses.replace(seen, usage=usage)
                 # The first sample out of D goes to the loop too: it ends the D record.
                 was_in_d, in_d = in_d, state == "D"
                 was_following = bool(following)
@@ -178,7 +222,7 @@ class Sampler:
                 if seen.tree is not None:
                     assert seen.zombies is not None
                     last_tree = (pid, seen.tree, seen.zombies)
-                if (in_d or was_in_d or seen.tree is not None
+                if (in_d or was_in_d or seen.tree is not None or due
                         or (threads is not None and (threads or was_following))):
                     self._loop.call_soon_threadsafe(self._deliver, seen)
                 failing = False
@@ -192,6 +236,14 @@ class Sampler:
                 failing = True
         if watched is not None:
             watched.close()
+
+    def _read_usage(self, watched: _Process, tree: tuple[int, ...] | None) -> Usage | None:
+        """What the tree uses, at the walks only; kept for ``status`` too."""
+        if tree is None or watched.usage is None:
+            return None
+        usage = watched.usage.read(tree, self._monotonic())
+        self.usage = usage
+        return usage
 
     def _observe(
         self, pid: int, state: str | None, tree: tuple[int, ...] | None,

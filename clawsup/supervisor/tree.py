@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple, Protocol
 
 from clawsup.supervisor import procinfo
+from clawsup.supervisor.usage import TreeSnapshot
 
 log = logging.getLogger("clawsup")
 
@@ -219,6 +220,9 @@ class _Cgroups:
             return [int(word) for word in (self._dir(program) / "cgroup.procs").read_bytes().split()]
         except FileNotFoundError:
             return []
+
+    def cpu_stat(self, program: str) -> Path:
+        return self._dir(program) / "cpu.stat"
 
     def send(self, program: str, signum: int) -> int:
         if signum == signal.SIGKILL and self._can_kill:
@@ -499,6 +503,17 @@ class Trees:
     def members(self, program: str) -> list[int]:
         """Every live process of the program's tree now."""
         return self._backend.members(program)
+
+    def snapshot(self, program: str) -> TreeSnapshot:
+        """The members as known now, for the sampler thread (usage.py): it reads only
+        kernel files or a copy of the registry, never changes either."""
+        backend = self._backend
+        if isinstance(backend, _Cgroups):
+            return TreeSnapshot(members=tuple((pid, None) for pid in backend.members(program)),
+                                cpu_stat=backend.cpu_stat(program))
+        owners = self._registry.owners.copy()  # one C call: atomic under the GIL
+        return TreeSnapshot(members=tuple(key for key, owner in owners.items()
+                                          if owner == program), cpu_stat=None)
 
     def signal(self, program: str, signum: int) -> int:
         """Send ``signum`` to every member; how many got it."""
