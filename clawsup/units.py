@@ -113,4 +113,4 @@ def format_size(size: int) -> str:
         if size >= factor:
             value = size / factor
             return f"{value:.0f}{unit}" if value >= 10 or value == int(value) else f"{value:.1f}{unit}"
-    return f"{size}B"
+    return f"{int(size)}B"  # int(): a Size formats through its repr, which calls this
