@@ -378,6 +378,32 @@ def test_status_json_table_and_metrics_show_the_whole_trees_rss_and_cpu(
     wait_until(lambda: gauges() == {}, 10, what="the gauges gone")
 
 
+# The child leaves: a session of its own, re-parented to clawsup once its parent exits.
+PARENT_OF_A_DETACHED_HOG = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        held = b"x" * (40 << 20)
+        while True: time.sleep(1)
+    os._exit(0)
+os.wait()
+while True: time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize("cgroups", ["auto", "off"])
+def test_a_member_that_left_the_process_tree_is_still_counted(
+        run_clawsup: Callable[..., tuple[Clawsup, Client]], cgroups: str) -> None:
+    _, client = run_clawsup(PARENT_OF_A_DETACHED_HOG, supervisor=f'cgroups = "{cgroups}"')
+    pid = wait_until(lambda: _gw(client).processes == 2 and _gw(client).pid, 20,
+                     what="the program and its detached child")
+    assert psutil.Process(pid).children() == []  # the child is not below it any more
+    own = psutil.Process(pid).memory_info().rss
+    wait_until(lambda: (_gw(client).rss or 0) > own + 40 * MiB, 20,
+               what="the detached child's 40 MiB counted")
+
+
 def _metrics_port(log: Path) -> int | None:
     for line in log.read_text().splitlines():
         if "metrics on http://" in line:

@@ -87,6 +87,8 @@ class _Process:
     def close(self) -> None:
         self.stat.close()
         self._children.close()
+        if self.usage is not None:
+            self.usage.close()
 
 
 class Sampler:

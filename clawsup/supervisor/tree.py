@@ -221,9 +221,6 @@ class _Cgroups:
         except FileNotFoundError:
             return []
 
-    def cpu_stat(self, program: str) -> Path:
-        return self._dir(program) / "cpu.stat"
-
     def send(self, program: str, signum: int) -> int:
         if signum == signal.SIGKILL and self._can_kill:
             count = len(self.members(program))
@@ -509,11 +506,10 @@ class Trees:
         kernel files or a copy of the registry, never changes either."""
         backend = self._backend
         if isinstance(backend, _Cgroups):
-            return TreeSnapshot(members=tuple((pid, None) for pid in backend.members(program)),
-                                cpu_stat=backend.cpu_stat(program))
+            return TreeSnapshot(members=(), cgroup=str(backend._dir(program)))
         owners = self._registry.owners.copy()  # one C call: atomic under the GIL
         return TreeSnapshot(members=tuple(key for key, owner in owners.items()
-                                          if owner == program), cpu_stat=None)
+                                          if owner == program), cgroup=None)
 
     def signal(self, program: str, signum: int) -> int:
         """Send ``signum`` to every member; how many got it."""

@@ -5,9 +5,11 @@ adds about 2.5 MiB to PID 1's RSS, and the figures are two fields of each member
 ``/proc/PID/stat``, one read per process (the RSS field is what psutil's
 ``memory_info().rss`` reads from ``statm``; tests/test_resources.py holds the two equal).
 
-Which processes: the members ``Trees.snapshot`` lists (the kernel's ``cgroup.procs`` in
-cgroup mode, the registry's in registry mode) and the sampler's own walk below the
-program's process, which sees children forked since the registry last looked.
+Which processes: the sampler's own walk below the program's process, and what ``Trees``
+knows besides (``Trees.snapshot``): in cgroup mode the kernel's ``cgroup.procs``, which
+also holds the members that left the program's process tree; in registry mode the
+registry's members, each checked against its recorded start time. Every file is kept open
+between readings (``_OpenFiles``), so a reading is one pread a file.
 
 CPU in cgroup mode comes from the cgroup's ``cpu.stat`` (``usage_usec``): one read, and
 exact, since the kernel keeps counting a member's time after it exits; a build of many
@@ -25,22 +27,22 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from clawsup.supervisor.procinfo import StatReader
 from clawsup.supervisor.resources import Usage
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_CHUNK = 65536
 
 
 @dataclass(frozen=True)
 class TreeSnapshot:
     """A program's members as ``Trees`` knows them, readable from another thread."""
 
-    # (pid, start time in clock ticks after boot, or None where the kernel keeps the list)
-    members: tuple[tuple[int, int | None], ...]
-    cpu_stat: Path | None  # the program's cgroup's cpu.stat, in cgroup mode
+    # (pid, start time in clock ticks after boot): the registry's members (registry mode)
+    members: tuple[tuple[int, int], ...]
+    cgroup: str | None  # the program's cgroup directory (cgroup mode)
 
 
 class _Stat:
@@ -54,34 +56,45 @@ class _Stat:
         self.rss = int(fields[21]) * _PAGE_SIZE
 
 
-def _read_stat(pid: int) -> _Stat | None:
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    try:
-        return _Stat(os.read(fd, 1024))
-    except (OSError, ValueError, IndexError):
-        return None  # gone between open and read, or cut short
-    finally:
-        os.close(fd)
+class _OpenFiles:
+    """Descriptors kept open between readings: each reading is then one pread a file,
+    without the path walk, open and close (a reading every 5 s for the program's life).
 
+    A /proc/PID/stat descriptor stays on the process it was opened for: once that one
+    has exited the read fails, and the descriptor is dropped, never read for a newcomer
+    that got the same pid.
+    """
 
-def _cgroup_cpu_usec(path: Path) -> int | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return None
-    try:
-        raw = os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    for line in raw.splitlines():
-        if line.startswith(b"usage_usec "):
-            return int(line.split()[1])
-    return None
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def read(self, path: str) -> bytes | None:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
+                return None
+            self._fds[path] = fd
+        chunks: list[bytes] = []
+        try:
+            # One pread but for a long cgroup.procs: a short read is the end of the file.
+            while len(chunk := os.pread(fd, _CHUNK, _CHUNK * len(chunks))) == _CHUNK:
+                chunks.append(chunk)
+        except OSError:
+            self._close(path)
+            return None
+        return b"".join(chunks) + chunk if chunks else chunk
+
+    def keep(self, paths: set[str]) -> None:
+        for path in [p for p in self._fds if p not in paths]:
+            self._close(path)
+
+    def _close(self, path: str) -> None:
+        os.close(self._fds.pop(path))
+
+    def close(self) -> None:
+        self.keep(set())
 
 
 class TreeUsage:
@@ -90,10 +103,14 @@ class TreeUsage:
     def __init__(self, main: StatReader, snapshot: Callable[[], TreeSnapshot]) -> None:
         self._main = main
         self._snapshot = snapshot
+        self._files = _OpenFiles()
         self._last_at: float | None = None
         self._last_boot_ticks = 0.0
         self._last_ticks: dict[tuple[int, int], int] = {}  # (pid, start) -> its CPU ticks
         self._last_usec: int | None = None  # the cgroup's usage_usec
+
+    def close(self) -> None:
+        self._files.close()
 
     def read(self, walked: Iterable[int], at: float) -> Usage | None:
         """The tree's usage now (``walked``: the sampler's walk below ``main``); None
@@ -101,23 +118,37 @@ class TreeUsage:
         main_raw = self._main.stat_line()
         if main_raw is None:
             return None
-        snapshot = self._snapshot()
-        stats: dict[tuple[int, int], _Stat] = {}
         try:
             main = _Stat(main_raw)
         except (ValueError, IndexError):
             return None
-        stats[(self._main.pid, main.start)] = main
+        snapshot = self._snapshot()
         wanted: dict[int, int | None] = dict.fromkeys(walked)
         wanted.update(snapshot.members)
+        usec = None
+        paths: set[str] = set()
+        if snapshot.cgroup is not None:
+            procs, cpu = f"{snapshot.cgroup}/cgroup.procs", f"{snapshot.cgroup}/cpu.stat"
+            paths.update((procs, cpu))
+            for word in (self._files.read(procs) or b"").split():
+                wanted.setdefault(int(word))
+            usec = _usage_usec(self._files.read(cpu))
+        stats = {(self._main.pid, main.start): main}
         for pid, start in wanted.items():
             if pid == self._main.pid:
                 continue
-            stat = _read_stat(pid)
+            path = f"/proc/{pid}/stat"
+            raw = self._files.read(path)
+            try:
+                stat = None if raw is None else _Stat(raw)
+            except (ValueError, IndexError):
+                stat = None
             if stat is not None and (start is None or stat.start == start):
                 stats[(pid, stat.start)] = stat
+                paths.add(path)
+        self._files.keep(paths)
         boot_ticks = time.clock_gettime(time.CLOCK_BOOTTIME) * _CLOCK_TICKS
-        cpu_seconds = self._cpu_seconds(stats, snapshot.cpu_stat)
+        cpu_seconds = self._cpu_seconds(stats, usec)
         last_at, self._last_at = self._last_at, at
         self._last_boot_ticks = boot_ticks
         cpu_percent = None
@@ -126,10 +157,8 @@ class TreeUsage:
         return Usage(pid=self._main.pid, at=at, rss=sum(s.rss for s in stats.values()),
                      cpu_percent=cpu_percent, since=last_at)
 
-    def _cpu_seconds(self, stats: dict[tuple[int, int], _Stat],
-                     cpu_stat: Path | None) -> float | None:
+    def _cpu_seconds(self, stats: dict[tuple[int, int], _Stat], usec: int | None) -> float | None:
         """CPU seconds used since the last read; None on the first."""
-        usec = None if cpu_stat is None else _cgroup_cpu_usec(cpu_stat)
         if usec is not None:
             last, self._last_usec = self._last_usec, usec
             self._last_ticks = {}
@@ -147,3 +176,10 @@ class TreeUsage:
             ticks += max(0, stat.ticks - before)
         self._last_ticks = {key: stat.ticks for key, stat in stats.items()}
         return None if first else ticks / _CLOCK_TICKS
+
+
+def _usage_usec(raw: bytes | None) -> int | None:
+    for line in (raw or b"").splitlines():
+        if line.startswith(b"usage_usec "):
+            return int(line.split()[1])
+    return None
