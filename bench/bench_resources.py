@@ -13,10 +13,11 @@ supervisord in the same run, and what one reading of a program tree's usage cost
    readings add. All run at once over the same ``--seconds``, so machine load hits them
    alike. CPU from schedstat (ns) and from utime + stime (ticks); RSS and PSS at the end.
 2. One reading, in this process, against the clawsup of part 1: ``TreeUsage.read`` in
-   cgroup mode (members from ``cgroup.procs``, CPU from ``cpu.stat``) and in registry mode
-   (members from the walk, CPU from each ``/proc/PID/stat``), against psutil reading the
-   same two figures for the same processes; and what ``import psutil`` adds to a fresh
-   interpreter's RSS (why usage.py reads /proc itself).
+   cgroup mode (members also from ``cgroup.procs``) and in registry mode (members from
+   the walk), both reading each member's ``/proc/PID/stat`` for RSS and CPU; each file
+   alone, ``cpu.stat`` included (the cgroup's CPU figure, which usage.py does not read:
+   see why there); psutil reading the same two figures for the same processes; and what
+   ``import psutil`` adds to a fresh interpreter's RSS.
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ def bench_reading(clawsup: Supervisor, runs: int) -> None:
             return TreeSnapshot(members=(), cgroup=str(cgroup))
 
         in_cgroup = TreeUsage(procinfo.StatReader(main), snapshot)
-        cases["cgroup mode (cgroup.procs, cpu.stat)"] = lambda: in_cgroup.read(
+        cases["cgroup mode (+ cgroup.procs)"] = lambda: in_cgroup.read(
             rest, time.monotonic())
         cases["  cpu.stat alone"] = lambda: _read(cgroup / "cpu.stat")
         cases["  cgroup.procs alone"] = lambda: _read(procs)

@@ -8,6 +8,7 @@ programs that allocate or spin past their limits, showing the readings in status
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -236,6 +237,45 @@ def test_tree_cpu_counts_a_child_that_spins() -> None:
             child.kill()
         spinner.kill()
         spinner.wait()
+
+
+def test_tree_cpu_counts_short_lived_children_through_their_parent() -> None:
+    # Children that each spin 50 ms and exit: a reading a second apart sees one at most.
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import subprocess, sys
+        spin = "import time\\nend = time.process_time() + 0.05\\nwhile time.process_time() < end: pass"
+        while True: subprocess.run([sys.executable, "-S", "-c", spin])
+        """)], start_new_session=True)
+    try:
+        trees = Trees(lambda delay, callback: None)  # type: ignore[arg-type, return-value]
+        trees.started("gw", parent.pid)
+        reader = _reader(trees, parent.pid)
+        wait_until(lambda: procinfo.descendants(parent.pid), what="the first child")
+
+        def tree_seconds() -> float:
+            # psutil's view: the parent's own time and its reaped children's, plus the
+            # live child's.
+            process = psutil.Process(parent.pid)
+            total = sum(process.cpu_times()[:4])
+            for child in process.children():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    total += sum(child.cpu_times()[:2])
+            return total
+
+        reader.read(procinfo.descendants(parent.pid), time.monotonic())
+        before, began = tree_seconds(), time.monotonic()
+        time.sleep(2.0)
+        usage = reader.read(procinfo.descendants(parent.pid), time.monotonic())
+        expected = 100 * (tree_seconds() - before) / (time.monotonic() - began)
+        assert usage is not None
+        assert usage.cpu_percent is not None
+        assert expected > 20  # the children did run
+        assert usage.cpu_percent == pytest.approx(expected, abs=15)
+    finally:
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            child.kill()
+        parent.kill()
+        parent.wait()
 
 
 # -- a real clawsup ---------------------------------------------------------------------------

@@ -69,7 +69,7 @@ class _Process:
         self.pid = pid
         self.stat = procinfo.StatReader(pid)
         self._children = procinfo.ChildrenReader(pid)
-        self.usage: TreeUsage | None = None
+        self.reader: TreeUsage | None = None  # what the tree uses, when asked to read it
 
     def tree(self) -> tuple[int, ...]:
         """Every process below this one."""
@@ -87,8 +87,8 @@ class _Process:
     def close(self) -> None:
         self.stat.close()
         self._children.close()
-        if self.usage is not None:
-            self.usage.close()
+        if self.reader is not None:
+            self.reader.close()
 
 
 class Sampler:
@@ -187,7 +187,7 @@ class Sampler:
                         watched.close()
                     watched = _Process(pid)
                     if self._tree is not None:
-                        watched.usage = TreeUsage(watched.stat, self._tree)
+                        watched.reader = TreeUsage(watched.stat, self._tree)
                     samples = 0
                     in_d = False
                     following = ()
@@ -201,9 +201,11 @@ class Sampler:
                     continue
                 tree = watched.tree() if walk and state is not None else None
                 usage = self._read_usage(watched, tree)
-                due = usage is not None and (bool(over(usage, self._limits)) or was_over)
+                due = False
                 if usage is not None:
-                    was_over = bool(over(usage, self._limits))
+                    # Over a limit, or the first reading back under: the loop judges.
+                    above = bool(over(usage, self._limits))
+                    due, was_over = above or was_over, above
                 if not self._hang:
                     if due:
                         self._loop.call_soon_threadsafe(
@@ -213,7 +215,9 @@ class Sampler:
                 threads = None
                 if state is not None and (walk or following):
                     threads = watched.threads_in_d(None if walk else following)
-                seen = self._observe(pid, state, tree, last_tree, threads)
+                # The reading has just read every walked stat: it counted the zombies.
+                counted = None if usage is None or watched.reader is None else watched.reader.zombies
+                seen = self._observe(pid, state, tree, last_tree, threads, zombies=counted)
                 if due:
                     seen = dataclasses.replace(seen, usage=usage)
                 # The first sample out of D goes to the loop too: it ends the D record.
@@ -241,16 +245,16 @@ class Sampler:
 
     def _read_usage(self, watched: _Process, tree: tuple[int, ...] | None) -> Usage | None:
         """What the tree uses, at the walks only; kept for ``status`` too."""
-        if tree is None or watched.usage is None:
+        if tree is None or watched.reader is None:
             return None
-        usage = watched.usage.read(tree, self._monotonic())
+        usage = watched.reader.read(tree, self._monotonic())
         self.usage = usage
         return usage
 
     def _observe(
         self, pid: int, state: str | None, tree: tuple[int, ...] | None,
         last_tree: tuple[int, tuple[int, ...], int] | None,
-        threads: tuple[ThreadInD, ...] | None = None,
+        threads: tuple[ThreadInD, ...] | None = None, *, zombies: int | None = None,
     ) -> Observation:
         switches = procinfo.context_switches(pid) if state == "D" else None
         at = self._monotonic()
@@ -259,7 +263,8 @@ class Sampler:
                                threads_in_d=threads)
         # Zombies whose parent is alive: only that parent can reap them, so only a restart
         # clears them (an orphaned zombie would be re-parented to us and reaped).
-        zombies = sum(1 for p in tree if procinfo.run_state(p) == "Z")
+        if zombies is None:
+            zombies = sum(1 for p in tree if procinfo.run_state(p) == "Z")
         # Zombies are handed over at every walk, changed or not: a leak found while the
         # program was STARTING must still be judged once it is RUNNING.
         if last_tree == (pid, tree, zombies) and not zombies:

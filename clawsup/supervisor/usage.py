@@ -1,7 +1,7 @@
 """What a program's whole tree uses now: resident memory and CPU, read by the sampler thread.
 
 Straight from /proc, not through psutil, as procinfo.py does: ``import psutil`` alone
-adds about 2.5 MiB to PID 1's RSS, and the figures are two fields of each member's
+adds 2.5-4 MiB to PID 1's RSS, and the figures are fields of each member's
 ``/proc/PID/stat``, one read per process (the RSS field is what psutil's
 ``memory_info().rss`` reads from ``statm``; tests/test_resources.py holds the two equal).
 
@@ -9,16 +9,23 @@ Which processes: the sampler's own walk below the program's process, and what ``
 knows besides (``Trees.snapshot``): in cgroup mode the kernel's ``cgroup.procs``, which
 also holds the members that left the program's process tree; in registry mode the
 registry's members, each checked against its recorded start time. Every file is kept open
-between readings (``_OpenFiles``), so a reading is one pread a file.
+between readings (``_OpenFiles``), so a reading is one pread a file. The zombies among
+the walked processes are counted on the way, for the sampler's zombie check.
 
-CPU in cgroup mode comes from the cgroup's ``cpu.stat`` (``usage_usec``): one read, and
-exact, since the kernel keeps counting a member's time after it exits; a build of many
-short compiler runs spawned by the gateway's exec tool is counted whole. ``memory.current``
-is not used: clawsup's own cgroup holds clawsup, so it cannot hand the memory controller
-down to the programs' cgroups (the kernel's no-internal-process rule), and the file is
-absent there; where it exists it also counts page cache, which is not RSS. In registry
-mode CPU is the sum of the members' own times, compared process by process with the sample
-before: a process that exited between two samples loses its last interval's share.
+CPU is each member's own time plus the time of the children it reaped (``cutime``,
+``cstime``), compared member by member with the reading before: a short-lived process
+(a build's compiler runs, spawned by the gateway's exec tool) that starts and exits
+between two readings is counted through its parent. Only one reaped by clawsup itself
+(re-parented) loses what it used since the last reading.
+
+Measured (bench/bench_resources.py) against the cgroup's own files in cgroup mode:
+``cpu.stat`` costs about 40 us a read (the kernel flushes its per-CPU counters first),
+``cgroup.procs`` 8 us, a /proc/PID/stat 25 us, and the stat files are read for the RSS
+anyway, so the CPU figures come with them at no cost: ``cpu.stat`` would only add to
+every reading. ``memory.current`` is no alternative for the RSS: clawsup's own cgroup
+holds clawsup, so it cannot hand the memory controller down to the programs' cgroups
+(the kernel's no-internal-process rule) and the file is absent there; where it exists
+it also counts page cache, which is not RSS.
 """
 
 from __future__ import annotations
@@ -42,16 +49,18 @@ class TreeSnapshot:
 
     # (pid, start time in clock ticks after boot): the registry's members (registry mode)
     members: tuple[tuple[int, int], ...]
-    cgroup: str | None  # the program's cgroup directory (cgroup mode)
+    cgroup: str | None  # the program's cgroup directory (cgroup mode): its cgroup.procs
 
 
 class _Stat:
-    __slots__ = ("rss", "start", "ticks")
+    __slots__ = ("rss", "start", "state", "ticks")
 
     def __init__(self, raw: bytes) -> None:
-        # After the command name (which may hold ") "), numbers only: field 3 is [0].
+        # After the command name (which may hold ") "), the state and then numbers only.
         fields = raw[raw.rfind(b")") + 2:].split()
-        self.ticks = int(fields[11]) + int(fields[12])  # utime + stime
+        self.state = fields[0]
+        # Its own time and that of the children it reaped (utime, stime, cutime, cstime).
+        self.ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
         self.start = int(fields[19])
         self.rss = int(fields[21]) * _PAGE_SIZE
 
@@ -107,7 +116,9 @@ class TreeUsage:
         self._last_at: float | None = None
         self._last_boot_ticks = 0.0
         self._last_ticks: dict[tuple[int, int], int] = {}  # (pid, start) -> its CPU ticks
-        self._last_usec: int | None = None  # the cgroup's usage_usec
+        # Zombies among the walked processes at the last reading: the sampler's zombie
+        # check reads them from here rather than opening each stat file a second time.
+        self.zombies = 0
 
     def close(self) -> None:
         self._files.close()
@@ -123,17 +134,17 @@ class TreeUsage:
         except (ValueError, IndexError):
             return None
         snapshot = self._snapshot()
+        walked = set(walked)
         wanted: dict[int, int | None] = dict.fromkeys(walked)
         wanted.update(snapshot.members)
-        usec = None
         paths: set[str] = set()
         if snapshot.cgroup is not None:
-            procs, cpu = f"{snapshot.cgroup}/cgroup.procs", f"{snapshot.cgroup}/cpu.stat"
-            paths.update((procs, cpu))
+            procs = f"{snapshot.cgroup}/cgroup.procs"
+            paths.add(procs)
             for word in (self._files.read(procs) or b"").split():
                 wanted.setdefault(int(word))
-            usec = _usage_usec(self._files.read(cpu))
         stats = {(self._main.pid, main.start): main}
+        zombies = 0
         for pid, start in wanted.items():
             if pid == self._main.pid:
                 continue
@@ -146,40 +157,35 @@ class TreeUsage:
             if stat is not None and (start is None or stat.start == start):
                 stats[(pid, stat.start)] = stat
                 paths.add(path)
+                zombies += stat.state == b"Z" and pid in walked
         self._files.keep(paths)
-        boot_ticks = time.clock_gettime(time.CLOCK_BOOTTIME) * _CLOCK_TICKS
-        cpu_seconds = self._cpu_seconds(stats, usec)
+        self.zombies = zombies
+        cpu_seconds = self._cpu_seconds(stats)
         last_at, self._last_at = self._last_at, at
-        self._last_boot_ticks = boot_ticks
         cpu_percent = None
         if last_at is not None and cpu_seconds is not None and at > last_at:
             cpu_percent = round(100.0 * cpu_seconds / (at - last_at), 1)
         return Usage(pid=self._main.pid, at=at, rss=sum(s.rss for s in stats.values()),
                      cpu_percent=cpu_percent, since=last_at)
 
-    def _cpu_seconds(self, stats: dict[tuple[int, int], _Stat], usec: int | None) -> float | None:
-        """CPU seconds used since the last read; None on the first."""
-        if usec is not None:
-            last, self._last_usec = self._last_usec, usec
-            self._last_ticks = {}
-            return None if last is None or usec < last else (usec - last) / 1e6
-        self._last_usec = None
+    def _cpu_seconds(self, stats: dict[tuple[int, int], _Stat]) -> float | None:
+        """CPU seconds the tree used since the last read; None on the first."""
+        boot_ticks = time.clock_gettime(time.CLOCK_BOOTTIME) * _CLOCK_TICKS
         first = self._last_at is None
+        gone = self._last_ticks
         ticks = 0
         for key, stat in stats.items():
-            before = self._last_ticks.get(key)
+            before = gone.pop(key, None)
             if before is None:
                 # New since the last read: all its time is since then if it started
                 # since; one found late (re-parented, seen by the registry only now) has
                 # a past this read cannot place, and counts from here on.
                 before = 0 if stat.start >= self._last_boot_ticks else stat.ticks
             ticks += max(0, stat.ticks - before)
+        # A member that exited since was reaped by its parent, whose children's time
+        # (cutime, cstime) now holds all of the member's: what the last reads counted of
+        # it is in there again. (One reaped by clawsup, re-parented, loses that much.)
+        ticks = max(0, ticks - sum(gone.values()))
         self._last_ticks = {key: stat.ticks for key, stat in stats.items()}
+        self._last_boot_ticks = boot_ticks
         return None if first else ticks / _CLOCK_TICKS
-
-
-def _usage_usec(raw: bytes | None) -> int | None:
-    for line in (raw or b"").splitlines():
-        if line.startswith(b"usage_usec "):
-            return int(line.split()[1])
-    return None
