@@ -3,15 +3,16 @@ supervisord in the same run, and what one reading of a program tree's usage cost
 
     python bench/bench_resources.py [--seconds 60] [--before /work/main]
 
-1. Idle. A real clawsup and a real supervisord 4.3 (``pip install -e '.[bench]'``), each
-   supervising the same program tree: a sleeping parent and a sleeping child holding
-   40 MiB. clawsup keeps the output (the default 1 MB buffer, and a rotated file) and has
-   ``[programs.tree.resources]`` limits far above what the tree uses, so it reads the
-   tree's RSS and CPU every 5 s and judges nothing; supervisord writes the output to its
-   log files. With ``--before REPO``, a third supervisor: clawsup from that checkout
-   (same config minus the resources table, which it does not know), to show what the
-   readings add. All run at once over the same ``--seconds``, so machine load hits them
-   alike. CPU from schedstat (ns) and from utime + stime (ticks); RSS and PSS at the end.
+1. Idle. Two real clawsups and a real supervisord 4.3 (``pip install -e '.[bench]'``),
+   each supervising the same program tree: a sleeping parent and a sleeping child holding
+   40 MiB. Both clawsups keep the output (the default 1 MB buffer, and a rotated file);
+   one has ``[programs.tree.resources]`` limits far above what the tree uses, so it reads
+   the tree's RSS and CPU every 5 s and judges nothing, the other none, so it reads them
+   every 30 s (nobody looks at status); supervisord writes the output to its log files.
+   With ``--before REPO``, a fourth: clawsup from that checkout (the config without
+   limits), to show what the readings add. All run at once over the same ``--seconds``,
+   so machine load hits them alike. CPU from schedstat (ns) and from utime + stime
+   (ticks); RSS and PSS at the end.
 2. One reading, in this process, against the clawsup of part 1: ``TreeUsage.read`` in
    cgroup mode (members also from ``cgroup.procs``) and in registry mode (members from
    the walk), both reading each member's ``/proc/PID/stat`` for RSS and CPU; each file
@@ -160,22 +161,22 @@ def supervisord_config(base: Path) -> Path:
 
 
 def bench_idle(workdir: Path, seconds: float, before: Path | None) -> list[Supervisor]:
-    sups = [Supervisor("clawsup", [sys.executable, "-m", "clawsup", "run", "-c",
-                                   str(clawsup_config(workdir / "clawsup", True))]),
+    clawsup = [sys.executable, "-m", "clawsup", "run", "-c"]
+    sups = [Supervisor("clawsup limits", [*clawsup, str(clawsup_config(workdir / "a", True))]),
+            Supervisor("clawsup no limit", [*clawsup, str(clawsup_config(workdir / "b", False))]),
             Supervisor("supervisord", [str(BIN / "supervisord"), "-c",
                                        str(supervisord_config(workdir / "supervisord"))])]
     if before is not None:
         # That checkout's clawsup first on the path: this venv's is this worktree's.
         sups.append(Supervisor("clawsup before", [
-            sys.executable, "-m", "clawsup", "run", "-c",
-            str(clawsup_config(workdir / "before", False))],
+            *clawsup, str(clawsup_config(workdir / "before", False))],
             env={"PYTHONPATH": str(before)}, cwd=before))
     for sup in sups:
         _wait_for(lambda sup=sup: len(sup.tree()) >= 2)  # type: ignore[misc]
     time.sleep(5)  # start-up (imports, config, the first spawn) is not idle time
     start = {sup.name: (schedstat_ns(sup.proc.pid), cpu_ticks(sup.proc.pid)) for sup in sups}
     time.sleep(seconds)
-    print(f"   {'':16} {'CPU ms':>8} {'(ticks)':>8} {'RSS MiB':>8} {'PSS MiB':>8}")
+    print(f"   {'':18} {'CPU ms':>8} {'(ticks)':>8} {'RSS MiB':>8} {'PSS MiB':>8}")
     figures = {}
     for sup in sups:
         ns, ticks = start[sup.name]
@@ -183,14 +184,15 @@ def bench_idle(workdir: Path, seconds: float, before: Path | None) -> list[Super
         tick_ms = (cpu_ticks(sup.proc.pid) - ticks) * 1000 / CLK_TCK
         rss, pss = memory_kib(sup.proc.pid)
         figures[sup.name] = (cpu_ms, rss, pss)
-        print(f"   {sup.name:16} {cpu_ms:8.1f} {tick_ms:8.0f} {rss / 1024:8.1f} {pss / 1024:8.1f}")
-    ours, theirs = figures["clawsup"], figures["supervisord"]
-    print(f"   clawsup / supervisord: CPU {ours[0] / theirs[0]:.2f}x, RSS {ours[1] / theirs[1]:.2f}x,"
-          f" PSS {ours[2] / theirs[2]:.2f}x")
-    if "clawsup before" in figures:
-        old = figures["clawsup before"]
-        print(f"   clawsup / clawsup before: CPU {ours[0] / old[0]:.2f}x, "
-              f"RSS {ours[1] / old[1]:.2f}x")
+        print(f"   {sup.name:18} {cpu_ms:8.1f} {tick_ms:8.0f} {rss / 1024:8.1f} {pss / 1024:8.1f}")
+    for against in ("supervisord", "clawsup before"):
+        if against not in figures:
+            continue
+        theirs = figures[against]
+        for name in ("clawsup limits", "clawsup no limit"):
+            ours = figures[name]
+            print(f"   {name} / {against}: CPU {ours[0] / theirs[0]:.2f}x, "
+                  f"RSS {ours[1] / theirs[1]:.2f}x, PSS {ours[2] / theirs[2]:.2f}x")
     return sups
 
 

@@ -458,3 +458,19 @@ def test_resources_are_read_with_hang_detection_off(
     [event] = wait_until(lambda: _incidents(client, "resource_limit"), 20,
                          what="a resource_limit incident")
     assert event["resource"] == "cpu"
+
+
+def test_limits_set_by_a_reload_apply_to_the_running_program(
+        run_clawsup: Callable[..., tuple[Clawsup, Client]], tmp_path: Path) -> None:
+    _, client = run_clawsup(SPINS)
+    first = wait_until(lambda: _gw(client).cpu_percent and _gw(client).pid, 20,
+                       what="a CPU reading")
+    config = tmp_path / "clawsup.toml"
+    config.write_text(config.read_text()
+                      + '[programs.gw.resources]\nmax_cpu = 10\nwindow = "1s"\n')
+    [change] = client.reload().changes
+    assert (change.section, change.action, change.keys) == ("programs.gw", "update",
+                                                            ["resources"])
+    [event] = wait_until(lambda: _incidents(client, "resource_limit"), 20,
+                         what="a resource_limit incident")
+    assert (event["resource"], event["pid"]) == ("cpu", first)

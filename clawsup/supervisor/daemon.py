@@ -871,9 +871,8 @@ class Supervisor:
 
     def _status(self, program: Program) -> ProgramStatus:
         watch = self._watches.get(program)
-        usage = None if watch is None or watch.sampler is None else watch.sampler.usage
-        if usage is None or usage.pid != program.pid:
-            usage = None
+        usage = None if watch is None or watch.sampler is None else watch.sampler.usage_of(
+            program.pid)
         status = msgspec.structs.replace(
             program.status(self.liveness_state(program)), processes=len(self.processes(program)),
             rss=None if usage is None else usage.rss,

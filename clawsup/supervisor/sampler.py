@@ -13,11 +13,11 @@ the first sample after one, a process tree or zombie count that changed, another
 in D and the first reading after it left) through ``call_soon_threadsafe``, and nothing
 at all while the program sleeps as usual.
 
-At each walk of the tree it also reads what the tree uses (usage.py): the last reading is
-kept in ``Sampler.usage`` for ``status`` to read, and handed to the loop only when it is
-over a limit of ``[programs.NAME.resources]`` or the first under after one over
-(resources.py judges them there). With ``hang`` off (``hang.enabled = false``) only that
-is done.
+At the walks of the tree it also reads what the tree uses (usage.py; how often:
+``USAGE_EVERY``): the last reading is kept for ``status`` to read (``usage_of``), and
+handed to the loop only when it is over a limit of ``[programs.NAME.resources]`` or the
+first under after one over (resources.py judges them there). With ``hang`` off
+(``hang.enabled = false``) only that is done.
 """
 
 from __future__ import annotations
@@ -43,6 +43,13 @@ log = logging.getLogger("clawsup")
 # The process tree under a program (zombie count, owned PIDs) is walked every this many
 # samples: walking it costs more than the D-state read, and zombies pile up over minutes.
 TREE_SCAN_EVERY = 5
+# What the tree uses is read at every walk while it is needed: a limit to judge, or
+# someone who looked at it (status, the metrics) within WANTED_FOR seconds. Otherwise at
+# every USAGE_EVERY-th walk only (30 s at the default interval), so that a first look
+# finds a reading: a reading costs some 200 us of CPU with cold caches, more than the
+# sampler's whole second otherwise.
+USAGE_EVERY = 6
+WANTED_FOR = 60.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,7 @@ class Sampler:
         # The last reading of what the tree uses; None while nothing runs. Written by the
         # thread, read by the loop: one reference, as ``_pid`` is.
         self.usage: Usage | None = None
+        self._wanted_at = -WANTED_FOR  # monotonic time of the last look at the readings
         self._interval_ms = max(1, round(interval * 1000))
         self._deliver = deliver
         self._loop = loop
@@ -136,6 +144,12 @@ class Sampler:
     def watch(self, pid: int | None) -> None:
         self._pid = pid
         self.usage = None
+
+    def usage_of(self, pid: int | None) -> Usage | None:
+        """The last reading of what the tree uses, if it is one of ``pid``'s run."""
+        self._wanted_at = self._monotonic()  # one float: as atomic as ``_pid``
+        usage = self.usage
+        return usage if usage is not None and usage.pid == pid else None
 
     def close(self) -> None:
         if self._stop_write < 0:
@@ -200,7 +214,7 @@ class Sampler:
                 if state != "D" and not in_d and not walk and not following:
                     continue
                 tree = watched.tree() if walk and state is not None else None
-                usage = self._read_usage(watched, tree)
+                usage = self._read_usage(watched, tree, samples // TREE_SCAN_EVERY)
                 due = False
                 if usage is not None:
                     # Over a limit, or the first reading back under: the loop judges.
@@ -243,9 +257,14 @@ class Sampler:
         if watched is not None:
             watched.close()
 
-    def _read_usage(self, watched: _Process, tree: tuple[int, ...] | None) -> Usage | None:
-        """What the tree uses, at the walks only; kept for ``status`` too."""
+    def _read_usage(self, watched: _Process, tree: tuple[int, ...] | None,
+                    walks: int) -> Usage | None:
+        """What the tree uses, at the walks it is due (``USAGE_EVERY``); kept for
+        ``status`` too."""
         if tree is None or watched.reader is None:
+            return None
+        if not (self._limits.any or walks % USAGE_EVERY == 0
+                or self._monotonic() - self._wanted_at < WANTED_FOR):
             return None
         usage = watched.reader.read(tree, self._monotonic())
         self.usage = usage
