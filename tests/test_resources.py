@@ -34,12 +34,15 @@ from clawsup.supervisor.resources import (
     Verdict,
     judge,
 )
+from clawsup.supervisor.sampler import TREE_SCAN_EVERY, USAGE_EVERY, Sampler
 from clawsup.supervisor.tree import Trees
 from clawsup.supervisor.usage import TreeUsage
 from clawsup.units import parse_size
+from tests.test_sampler import LoopThread
 from tests.util import REPO, Clawsup, python_program, wait_until, write_config
 
 MiB = 1 << 20
+SAMPLE = 0.02  # the sampler's interval where a Sampler is driven directly
 
 # -- the judgement ------------------------------------------------------------------------
 
@@ -474,3 +477,37 @@ def test_limits_set_by_a_reload_apply_to_the_running_program(
     [event] = wait_until(lambda: _incidents(client, "resource_limit"), 20,
                          what="a resource_limit incident")
     assert (event["resource"], event["pid"]) == ("cpu", first)
+
+
+def test_the_tree_is_read_at_every_walk_only_while_someone_looks() -> None:
+    loop = LoopThread()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    trees = Trees(lambda delay, callback: None)  # type: ignore[arg-type, return-value]
+    trees.started("gw", sleeper.pid)
+    sampler = Sampler("gw", SAMPLE, loop.deliver, loop.loop, time.monotonic,
+                      tree=lambda: trees.snapshot("gw"))
+    try:
+        sampler.watch(sleeper.pid)
+
+        def readings(seconds: float, look: bool) -> int:
+            seen: set[float] = set()
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                usage = sampler.usage_of(sleeper.pid) if look else sampler.usage
+                if usage is not None:
+                    seen.add(usage.at)
+                time.sleep(SAMPLE / 4)
+            return len(seen)
+
+        walk = SAMPLE * TREE_SCAN_EVERY
+        # Unlooked at: every USAGE_EVERY-th walk. Looked at: every walk.
+        alone = readings(6 * walk * USAGE_EVERY, look=False)
+        assert 4 <= alone <= 8
+        assert readings(6 * walk * USAGE_EVERY, look=True) >= 4 * USAGE_EVERY
+        # Nothing over a limit: no reading for the loop to judge.
+        assert [seen.usage for seen in loop.seen if seen.usage is not None] == []
+    finally:
+        sampler.close()
+        loop.close()
+        sleeper.kill()
+        sleeper.wait()
