@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -36,7 +37,7 @@ from clawsup.supervisor.resources import (
 )
 from clawsup.supervisor.sampler import TREE_SCAN_EVERY, USAGE_EVERY, Sampler
 from clawsup.supervisor.tree import Trees
-from clawsup.supervisor.usage import TreeUsage
+from clawsup.supervisor.usage import MAX_KEPT, TreeUsage
 from clawsup.units import parse_size
 from tests.test_sampler import LoopThread
 from tests.util import REPO, Clawsup, python_program, wait_until, write_config
@@ -215,6 +216,38 @@ def test_tree_rss_is_psutils_sum_over_the_tree(parent_of_a_hog: subprocess.Popen
     assert own + 40 * MiB < total
     assert usage.rss == pytest.approx(total, rel=0.02)
     assert usage.cpu_percent is None  # the first reading has nothing to compare with
+
+
+def test_a_large_tree_is_read_whole_without_keeping_a_descriptor_each() -> None:
+    children = MAX_KEPT + 36
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, time
+        for _ in range({children}):
+            if os.fork() == 0:
+                time.sleep(60)
+                os._exit(0)
+        print("forked", flush=True)
+        time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline().strip() == "forked"
+        trees = Trees(lambda delay, callback: None)  # type: ignore[arg-type, return-value]
+        trees.started("gw", parent.pid)
+        reader = _reader(trees, parent.pid)
+        descriptors = len(os.listdir("/proc/self/fd"))
+        usage = reader.read(procinfo.descendants(parent.pid), time.monotonic())
+        assert usage is not None
+        # Besides the program's own stat, which its StatReader (the sampler's) keeps.
+        assert len(os.listdir("/proc/self/fd")) - descriptors == MAX_KEPT + 1
+        assert usage.rss == pytest.approx(_psutil_tree_rss(parent.pid)[1], rel=0.02)
+        reader.close()
+        assert len(os.listdir("/proc/self/fd")) == descriptors + 1
+    finally:
+        for child in psutil.Process(parent.pid).children():
+            child.kill()
+        parent.kill()
+        parent.wait()
 
 
 def test_tree_cpu_counts_a_child_that_spins() -> None:

@@ -41,6 +41,8 @@ from clawsup.supervisor.resources import Usage
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _CHUNK = 65536
+# Descriptors a reading keeps open between readings, per program (see _OpenFiles).
+MAX_KEPT = 64
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,22 @@ class _Stat:
         self.rss = int(fields[21]) * _PAGE_SIZE
 
 
+def _pread_all(fd: int) -> bytes | None:
+    chunks: list[bytes] = []
+    try:
+        # One pread but for a long cgroup.procs: a short read is the end of the file.
+        while len(chunk := os.pread(fd, _CHUNK, _CHUNK * len(chunks))) == _CHUNK:
+            chunks.append(chunk)
+    except OSError:
+        return None
+    return b"".join(chunks) + chunk if chunks else chunk
+
+
 class _OpenFiles:
     """Descriptors kept open between readings: each reading is then one pread a file,
     without the path walk, open and close (a reading every 5 s for the program's life).
+    At most ``MAX_KEPT``: a tree of thousands (a fork storm) is read by open and close
+    past that, never at the cost of the descriptors clawsup needs to spawn and serve.
 
     A /proc/PID/stat descriptor stays on the process it was opened for: once that one
     has exited the read fails, and the descriptor is dropped, never read for a newcomer
@@ -82,18 +97,18 @@ class _OpenFiles:
         if fd is None:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
-                return None
+            except OSError:
+                return None  # gone (ENOENT, ESRCH), or out of descriptors (EMFILE)
+            if len(self._fds) >= MAX_KEPT:
+                try:
+                    return _pread_all(fd)
+                finally:
+                    os.close(fd)
             self._fds[path] = fd
-        chunks: list[bytes] = []
-        try:
-            # One pread but for a long cgroup.procs: a short read is the end of the file.
-            while len(chunk := os.pread(fd, _CHUNK, _CHUNK * len(chunks))) == _CHUNK:
-                chunks.append(chunk)
-        except OSError:
+        raw = _pread_all(fd)
+        if raw is None:
             self._close(path)
-            return None
-        return b"".join(chunks) + chunk if chunks else chunk
+        return raw
 
     def keep(self, paths: set[str]) -> None:
         for path in [p for p in self._fds if p not in paths]:
