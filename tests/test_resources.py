@@ -240,7 +240,9 @@ def test_a_large_tree_is_read_whole_without_keeping_a_descriptor_each() -> None:
         assert usage is not None
         # Besides the program's own stat, which its StatReader (the sampler's) keeps.
         assert len(os.listdir("/proc/self/fd")) - descriptors == MAX_KEPT + 1
-        assert usage.rss == pytest.approx(_psutil_tree_rss(parent.pid)[1], rel=0.02)
+        # All of them: the 36 past MAX_KEPT would be a third of it. (Forked children
+        # still fault pages in as they settle: the two reads are moments apart.)
+        assert usage.rss == pytest.approx(_psutil_tree_rss(parent.pid)[1], rel=0.1)
         reader.close()
         assert len(os.listdir("/proc/self/fd")) == descriptors + 1
     finally:
