@@ -502,8 +502,9 @@ class Trees:
         return self._backend.members(program)
 
     def snapshot(self, program: str) -> TreeSnapshot:
-        """The members as known now, for the sampler thread (usage.py): it reads only
-        kernel files or a copy of the registry, never changes either."""
+        """What the sampler thread (usage.py) needs to find the members: the program's
+        cgroup directory, or a copy of the registry's members; safe from that thread, as
+        it changes nothing."""
         backend = self._backend
         if isinstance(backend, _Cgroups):
             return TreeSnapshot(members=(), cgroup=str(backend._dir(program)))
