@@ -385,15 +385,21 @@ def test_a_program_past_max_rss_is_restarted_with_a_resource_limit_event(
 
 
 def test_a_busy_loop_past_max_cpu_for_the_window_is_restarted(
-        run_clawsup: Callable[..., tuple[Clawsup, Client]]) -> None:
-    _, client = run_clawsup(SPINS, '[programs.gw.resources]\nmax_cpu = 10\nwindow = "1s"\n')
+        run_clawsup: Callable[..., tuple[Clawsup, Client]], tmp_path: Path) -> None:
+    _, client = run_clawsup(SPINS, '[programs.gw.resources]\nmax_cpu = 10\nwindow = "1s"\n'
+                            '[metrics]\nlisten = "127.0.0.1:0"\n')
     first = wait_until(lambda: _gw(client).pid, 20)
-    [event] = wait_until(lambda: _incidents(client, "resource_limit"), 20,
-                         what="a resource_limit incident")
+    [event, *_] = wait_until(lambda: _incidents(client, "resource_limit"), 20,
+                             what="a resource_limit incident")
     assert (event["resource"], event["limit"], event["pid"]) == ("cpu", 10.0, first)
     assert isinstance(event["seconds"], float)
     assert event["seconds"] >= 1.0
     wait_until(lambda: _gw(client).restarts >= 1, 20)
+    # Counted by program and resource (it spins again after the restart: maybe more).
+    port = wait_until(lambda: _metrics_port(tmp_path / "clawsup.log"), 10)
+    counted = wait_until(lambda: _metric(port, 'clawsup_resource_limits_total{program="gw",'
+                                               'resource="cpu"}'), 10)
+    assert counted >= 1.0
 
 
 def test_a_busy_loop_under_max_cpu_is_not_restarted(
@@ -441,10 +447,9 @@ def test_status_json_table_and_metrics_show_the_whole_trees_rss_and_cpu(
     port = wait_until(lambda: _metrics_port(tmp_path / "clawsup.log"), 10)
 
     def gauges() -> dict[str, float]:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-        return {line.split("{")[0]: float(line.split()[-1]) for line in text.splitlines()
-                if line.startswith(("clawsup_program_rss_bytes{program=\"gw\"}",
-                                    "clawsup_program_cpu_percent{program=\"gw\"}"))}
+        found = {name: _metric(port, name + '{program="gw"}')
+                 for name in ("clawsup_program_rss_bytes", "clawsup_program_cpu_percent")}
+        return {name: value for name, value in found.items() if value is not None}
 
     shown = wait_until(lambda: len(gauges()) == 2 and gauges(), 10, what="the gauges")
     assert shown["clawsup_program_rss_bytes"] > own
@@ -480,6 +485,12 @@ def test_a_member_that_left_the_process_tree_is_still_counted(
     own = psutil.Process(pid).memory_info().rss
     wait_until(lambda: (_gw(client).rss or 0) > own + 40 * MiB, 20,
                what="the detached child's 40 MiB counted")
+
+
+def _metric(port: int, series: str) -> float | None:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    return next((float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith(series + " ")), None)
 
 
 def _metrics_port(log: Path) -> int | None:
