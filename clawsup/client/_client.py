@@ -16,6 +16,7 @@ from clawsup.client._endpoint import (
     default_endpoint,
     ipc_path,
     normalize_endpoint,
+    why_not_a_socket,
     why_unreachable,
 )
 from clawsup.client._errors import BadReply, ClawsupError, CommandFailed, Timeout, Unreachable
@@ -172,7 +173,11 @@ class Client:
             sock = self._context().socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
             self._apply_curve(sock)
-            sock.connect(self.endpoint)
+            try:
+                sock.connect(self.endpoint)
+            except zmq.ZMQError as error:  # an endpoint libzmq cannot parse
+                sock.close(linger=0)
+                raise Unreachable(self.endpoint, error.strerror) from None
             self._sock, self._wait_ms = sock, None
         if wait_ms != self._wait_ms:
             self._sock.setsockopt(zmq.RCVTIMEO, wait_ms)
@@ -201,15 +206,22 @@ class Client:
 
     def request_raw(self, request: Request, timeout: float | None = None) -> bytes:
         """Send one request and return the reply frame as the supervisor wrote it."""
+        idempotent = request.__struct_config__.tag in IDEMPOTENT_COMMANDS
+        return self.request_frame(encode(request), self.retries if idempotent else 0, timeout)
+
+    def request_frame(self, frame: bytes, retries: int, timeout: float | None = None) -> bytes:
+        """Send one request frame, again up to ``retries`` times on a fresh socket after a
+        timeout; return the reply frame."""
         timeout = self.timeout if timeout is None else timeout
         path = ipc_path(self.endpoint)
-        if path is not None and not os.path.exists(path):
-            # Fail at once: an ipc connect to a missing file would only time out.
-            raise Unreachable(self.endpoint)
-        frame = encode(request)
-        attempts = 1 + (self.retries if request.__struct_config__.tag in IDEMPOTENT_COMMANDS else 0)
+        if path is not None:
+            # Fail at once: an ipc connect to a missing file (or to a regular file, a
+            # directory) would only time out.
+            reason = why_not_a_socket(path)
+            if reason is not None:
+                raise Unreachable(self.endpoint, reason)
         wait_ms = round(timeout * 1000)
-        for _ in range(attempts):
+        for _ in range(1 + retries):
             sock = self._socket(wait_ms)
             sock.send(frame)
             try:
