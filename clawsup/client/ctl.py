@@ -30,6 +30,7 @@ import os
 import sys
 
 from clawsup import __version__
+from clawsup._argv import Parser, UsageError
 from clawsup.client._call import Reply, Target
 from clawsup.client._endpoint import (
     DEFAULT_ENDPOINT,
@@ -59,31 +60,6 @@ ALL = "all"
 # query is sent once more on a fresh connection after a timeout, other commands never.
 QUERIES = frozenset({"status", "health", "version", "incidents", "logs"})
 EXIT_FAILED, EXIT_USAGE, EXIT_NO_SUCH_PROGRAM = 1, 2, 4
-
-
-class UsageError(Exception):
-    """The command line is wrong: exit 2 (1 for ``health``)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
-
-
-class _Formatter(argparse.HelpFormatter):
-    def __init__(self, prog: str) -> None:
-        # What argparse gets from shutil.get_terminal_size, without importing shutil (and
-        # bz2, lzma with it) on every call: argparse builds formatters to check arguments.
-        try:
-            columns = int(os.environ.get("COLUMNS", "")) or 0
-        except ValueError:
-            columns = 0
-        if not columns:
-            try:
-                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-            except (AttributeError, ValueError, OSError):
-                columns = 80
-        super().__init__(prog, width=columns - 2)
 
 
 class Options:
@@ -563,8 +539,8 @@ def count(text: str) -> int:
     return int(text)
 
 
-def build_parser() -> _Parser:
-    parser = _Parser(prog="clawsupctl", allow_abbrev=False, formatter_class=_Formatter,
+def build_parser() -> Parser:
+    parser = Parser(prog="clawsupctl",
                      description="Control a running clawsup supervisor.",
                      epilog='Bash completion: eval "$(_CLAWSUPCTL_COMPLETE=bash_source '
                             'clawsupctl)"')
@@ -591,9 +567,8 @@ def build_parser() -> _Parser:
                                      prog="clawsupctl")
 
     def command(name: str, run: Callable[[Options, argparse.Namespace], int],
-                text: str) -> _Parser:
-        sub: _Parser = commands.add_parser(name, help=text, description=text,
-                                           allow_abbrev=False, formatter_class=_Formatter)
+                text: str) -> Parser:
+        sub: Parser = commands.add_parser(name, help=text, description=text)
         sub.set_defaults(run=run)
         return sub
 
