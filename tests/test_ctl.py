@@ -174,7 +174,7 @@ def test_health_never_exits_2_even_on_usage_errors(server: ServerThread, args: l
     assert result.returncode == 1, result.stderr
 
 
-def test_other_commands_keep_click_usage_exit_2(server: ServerThread) -> None:
+def test_other_commands_exit_2_on_usage_errors(server: ServerThread) -> None:
     assert ctl_at(server, "status", "--bogus").returncode == 2
     assert ctl_at(server, "no-such-command").returncode == 2
 

@@ -1,4 +1,4 @@
-"""``clawsup``'s command line: parsed once (cli.py), ``run`` without click."""
+"""``clawsup``'s command line: parsed once, in cli.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from clawsup.cli import build_parser
-from tests.util import python_program, write_config
 
 PACKAGE = Path(__file__).resolve().parent.parent / "clawsup"
 
@@ -17,25 +16,6 @@ def test_the_config_options_of_run_in_every_spelling():
     args = build_parser().parse_args(["run", "--config", "a", "-cb", "--config=c", "-c", "d"])
     assert args.paths == ["a", "b", "c", "d"]
     assert build_parser().parse_args(["run"]).paths == []
-
-
-def test_clawsup_run_never_loads_click(tmp_path: Path):
-    config = write_config(tmp_path, f"""
-[programs.once]
-command = {python_program("pass")}
-main = true
-autorestart = "never"
-""")
-    # The supervisor exits with its main program's status 0; atexit then reports.
-    probe = ("import atexit, sys\n"
-             "atexit.register(lambda: print('click loaded:', 'click' in sys.modules))\n"
-             f"sys.argv = ['clawsup', 'run', '-c', {str(config)!r}]\n"
-             "from clawsup.cli import main\n"
-             "main()\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert "click loaded: False" in done.stdout
 
 
 def test_a_bad_run_line_is_a_usage_error_exit_2():
