@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from clawsup.client import zmtp
-from clawsup.client._endpoint import ipc_path, unreachable_reason, why_not_a_socket
+from clawsup.client._endpoint import TCP, ipc_path, unreachable_reason, why_not_a_socket
 from clawsup.client._errors import BadReply, CommandFailed, Timeout, Unreachable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~4 ms)
@@ -64,6 +64,16 @@ class Target:
     def _exchange_zmq(self, frame: bytes, timeout: float, retries: int) -> bytes:
         from clawsup.client._client import Client
         from clawsup.client._errors import ClawsupError
+
+        if self.endpoint.startswith(TCP):
+            # libzmq would try an unknown host name quietly until the timeout.
+            import socket
+
+            host, _, port = self.endpoint[len(TCP):].rpartition(":")
+            try:
+                socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+            except (socket.gaierror, UnicodeError) as error:
+                raise Unreachable(self.endpoint, f"cannot resolve {host}: {error}") from None
 
         try:
             client = Client(self.endpoint, timeout, self.curve_server_key,

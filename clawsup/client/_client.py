@@ -17,6 +17,7 @@ from clawsup.client._endpoint import (
     ipc_path,
     normalize_endpoint,
     why_not_a_socket,
+    why_tcp_unreachable,
     why_unreachable,
 )
 from clawsup.client._errors import BadReply, ClawsupError, CommandFailed, Timeout, Unreachable
@@ -198,11 +199,12 @@ class Client:
             self._sock = None
 
     def _check_reachable(self) -> None:
+        """After a timeout: Unreachable, with the reason, if nothing accepts a connection
+        at the endpoint (libzmq retries a refused connect quietly until then)."""
         path = ipc_path(self.endpoint)
-        if path is not None:
-            reason = why_unreachable(path)
-            if reason is not None:
-                raise Unreachable(self.endpoint, reason)
+        reason = why_unreachable(path) if path is not None else why_tcp_unreachable(self.endpoint)
+        if reason is not None:
+            raise Unreachable(self.endpoint, reason)
 
     def request_raw(self, request: Request, timeout: float | None = None) -> bytes:
         """Send one request and return the reply frame as the supervisor wrote it."""

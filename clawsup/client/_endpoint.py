@@ -103,3 +103,18 @@ def why_unreachable(path: str) -> str | None:
     finally:
         probe.close()
     return None
+
+
+def why_tcp_unreachable(endpoint: str) -> str | None:
+    """Why nothing accepts a TCP connection at ``tcp://HOST:PORT``, or None if something
+    does (or the endpoint is not TCP)."""
+    import socket
+
+    if not endpoint.startswith(TCP):
+        return None
+    host, _, port = endpoint[len(TCP) :].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+    except (OSError, ValueError) as error:
+        return str(error.strerror if isinstance(error, OSError) and error.strerror else error)
+    return None

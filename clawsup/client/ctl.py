@@ -78,7 +78,7 @@ class Options:
         endpoint = self.target.endpoint
         check_endpoint(endpoint)
         if endpoint.startswith("tcp://") and not self.target.curve_server_key:
-            raise UsageError(f"--socket {endpoint}: clawsup listens on TCP only with CURVE; "
+            raise UsageError(f"clawsupctl: --socket {endpoint}: clawsup listens on TCP only with CURVE; "
                              "give --curve-server-key")
 
     def call(self, request: dict[str, Any], *, waits: bool = False) -> Reply:
@@ -95,6 +95,11 @@ class Options:
         target = self.target
         return Client(target.endpoint, QUERY_TIMEOUT if self.timeout is None else self.timeout,
                       target.curve_server_key, target.curve_client_key)
+
+
+def usage(args: argparse.Namespace, text: str) -> UsageError:
+    """A usage error of the command ``args`` holds, to raise."""
+    return UsageError(f"clawsupctl {args.command}: {text}")
 
 
 def echo(text: str) -> None:
@@ -230,9 +235,9 @@ def stop(options: Options, args: argparse.Namespace) -> int:
 
 def restart(options: Options, args: argparse.Namespace) -> int:
     if args.max_wait is not None and not args.when_idle:
-        raise UsageError("--max-wait applies only with --when-idle")
+        raise usage(args, "--max-wait applies only with --when-idle")
     if args.when_idle:
-        max_wait = _max_wait(args.max_wait)
+        max_wait = _max_wait(args)
 
         def schedule_one(name: str | None) -> None:
             reply = options.call(_request(
@@ -257,8 +262,9 @@ def _request(cmd: str, **arguments: Any) -> dict[str, Any]:
     return {"cmd": cmd, **{key: value for key, value in arguments.items() if value is not None}}
 
 
-def _max_wait(text: str | None) -> float | None:
+def _max_wait(args: argparse.Namespace) -> float | None:
     """--max-wait in seconds, checked here so that a typo is a usage error (exit 2)."""
+    text: str | None = args.max_wait
     if text is None:
         return None
     from clawsup.units import parse_duration
@@ -266,9 +272,9 @@ def _max_wait(text: str | None) -> float | None:
     try:
         seconds = float(parse_duration(text))
     except ValueError as exc:
-        raise UsageError(f"--max-wait: {exc}") from None
+        raise usage(args, f"--max-wait: {exc}") from None
     if seconds > 86400:
-        raise UsageError(f"--max-wait: at most 1d, got {text!r}")
+        raise usage(args, f"--max-wait: at most 1d, got {text!r}")
     return seconds
 
 
@@ -292,20 +298,21 @@ class StillStarting:
 
 
 def signal_(options: Options, args: argparse.Namespace) -> int:
-    echo_program(options.call(_request("signal", signal=_signal(args.signal), program=args.name)))
+    echo_program(options.call(_request("signal", signal=_signal(args), program=args.name)))
     return 0
 
 
-def _signal(text: str) -> str:
+def _signal(args: argparse.Namespace) -> str:
     """SIGNAL as the wire takes it; a number that is no signal is a usage error, said
     here (the supervisor's word for it would be "expected a signal name")."""
+    text: str = args.signal
     if not text.isdigit():
         return text
     import signal
 
     numbers = sorted(s.value for s in signal.Signals)
     if int(text) not in numbers:
-        raise UsageError(f"SIGNAL: {text} is not a signal number; give a name like HUP or "
+        raise usage(args, f"SIGNAL: {text} is not a signal number; give a name like HUP or "
                          f"one of {numbers[0]}-{numbers[-1]} (see `kill -l`)")
     return text
 
@@ -356,7 +363,7 @@ def events(options: Options, args: argparse.Namespace) -> int:
     kinds: list[str] = args.kinds
     unknown = [kind for kind in kinds if kind not in EventKind.__members__.values()]
     if unknown:
-        raise UsageError(f"--kind: no event kind {', '.join(map(repr, unknown))}; known: "
+        raise usage(args, f"--kind: no event kind {', '.join(map(repr, unknown))}; known: "
                          f"{', '.join(kind.value for kind in EventKind)}")
     # A control socket that answers before a subscription that would wait silently: a
     # wrong endpoint is said at once.
@@ -415,7 +422,7 @@ def incidents(options: Options, args: argparse.Namespace) -> int:
     try:
         seconds = float(parse_duration(args.since))
     except ValueError as exc:
-        raise UsageError(f"--since: {exc}") from None
+        raise usage(args, f"--since: {exc}") from None
     reply = options.call({"cmd": "incidents", "since": seconds, "limit": args.limit})
     if args.as_json:
         echo(reply.frame.decode())
@@ -502,7 +509,7 @@ def keygen(options: Options, args: argparse.Namespace) -> int:
         if path.exists():
             raise ClawsupError(f"{path} exists; not overwriting a key")
     if folder.exists() and not folder.is_dir():
-        raise UsageError(f"DIRECTORY: {folder} is not a directory")
+        raise usage(args, f"DIRECTORY: {folder} is not a directory")
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     zmq.auth.create_certificates(folder, args.name)
     secret.chmod(0o600)
