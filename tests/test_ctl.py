@@ -510,10 +510,12 @@ Z85_KEY = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"  # a well-formed public key
     (["--socket", "tcp://nohost:1", "--curve-server-key", Z85_KEY], 1, "cannot resolve nohost"),
     (["--socket", "tcp://127.0.0.1:1", "--curve-server-key", Z85_KEY], 1, "refused"),
     (["--socket", "tcp://host"], 2, "not tcp://HOST:PORT"),
+    (["--socket", "tcp://127.0.0.1:1", "--curve-server-key", "nokey"], 1, "CURVE keys"),
+    (["--socket", "tcp://127.0.0.1:1", "--curve-server-key", "~" * 40], 1, "not a CURVE key"),
     (["--socket", "/no/such/dir/control.sock"], 1, "(is it running?)"),
 ])
 @pytest.mark.parametrize("command", ["status", "restart", "health"])
-def test_a_bad_endpoint_is_one_line_within_the_timeout(args: list[str], code: int, words: str,
+def test_a_bad_endpoint_or_key_is_one_line_within_the_timeout(args: list[str], code: int, words: str,
                                                        command: str) -> None:
     result, took = quick(*args, "--timeout", "2", command)
     assert result.returncode == (1 if command == "health" else code)

@@ -150,6 +150,10 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         self._events_endpoint = events_endpoint
+        # First: __del__ looks at them even when a key below cannot be loaded.
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._wait_ms: int | None = None  # the RCVTIMEO set on _sock
         self._curve: tuple[bytes, bytes, bytes] | None = None
         if curve_server_key is not None:
             if curve_client_keys is None:
@@ -157,9 +161,6 @@ class Client:
                 curve_client_keys = zmq.curve_keypair()
             public, secret = _load_key_pair(curve_client_keys)
             self._curve = (_load_public_key(curve_server_key), public, secret)
-        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
-        self._sock: zmq.Socket[bytes] | None = None
-        self._wait_ms: int | None = None  # the RCVTIMEO set on _sock
 
     # -- transport ---------------------------------------------------------------------
 
@@ -188,9 +189,14 @@ class Client:
     def _apply_curve(self, sock: zmq.Socket[bytes]) -> None:
         if self._curve is not None:
             server, public, secret = self._curve
-            sock.curve_serverkey = server
-            sock.curve_publickey = public
-            sock.curve_secretkey = secret
+            try:
+                sock.curve_serverkey = server
+                sock.curve_publickey = public
+                sock.curve_secretkey = secret
+            except zmq.ZMQError as error:  # EINVAL: not a 40-character z85 key
+                sock.close(linger=0)
+                raise ClawsupError(f"not a CURVE key ({error}): give the z85 text of "
+                                   "one or its .key file") from None
 
     def _drop_socket(self) -> None:
         # A REQ that sent and got no reply cannot send again: start over with a new one.
