@@ -417,6 +417,21 @@ def test_status_shows_only_the_programs_named(real: Real) -> None:
     assert [row.split()[0] for row in everything] == ["gateway", "alpha", "beta"]
 
 
+def test_status_json_of_names_or_all(real: Real) -> None:
+    alpha = json.loads(real.ctl("status", "--json", "alpha").stdout)
+    assert [p["name"] for p in alpha["programs"]] == ["alpha"]
+    everything = json.loads(real.ctl("status", "--json", "all").stdout)
+    assert [p["name"] for p in everything["programs"]] == ["gateway", "alpha", "beta"]
+    assert everything["supervisor_pid"] == real.clawsup.supervisor_pid
+
+
+def test_only_queries_are_sent_twice() -> None:
+    from clawsup.client.ctl import QUERIES
+    from clawsup.protocol import IDEMPOTENT_COMMANDS
+
+    assert QUERIES == IDEMPOTENT_COMMANDS
+
+
 def test_status_of_an_unknown_name_is_one_line_and_exit_4_as_supervisorctl(real: Real) -> None:
     result = real.ctl("status", "alpha", "nosuch")
     assert result.returncode == 4

@@ -78,8 +78,8 @@ class Options:
         endpoint = self.target.endpoint
         check_endpoint(endpoint)
         if endpoint.startswith("tcp://") and not self.target.curve_server_key:
-            raise UsageError(f"clawsupctl: --socket {endpoint}: clawsup listens on TCP only with CURVE; "
-                             "give --curve-server-key")
+            raise UsageError(f"clawsupctl: --socket {endpoint}: clawsup listens on TCP only "
+                             "with CURVE; give --curve-server-key")
 
     def call(self, request: dict[str, Any], *, waits: bool = False) -> Reply:
         default = WAIT_TIMEOUT if waits else QUERY_TIMEOUT
@@ -117,8 +117,8 @@ def fail(text: str) -> None:
 def status(options: Options, args: argparse.Namespace) -> int:
     reply = options.call({"cmd": "status"})
     data = status_data(reply)
-    names: list[str] = args.names
-    if names and ALL not in names:
+    names: list[str] = [] if ALL in args.names else args.names
+    if names:
         known = [program["name"] for program in data["programs"]]
         unknown = [name for name in names if name not in known]
         if unknown:
@@ -383,7 +383,10 @@ def events(options: Options, args: argparse.Namespace) -> int:
 def logs(options: Options, args: argparse.Namespace) -> int:
     if not args.follow:
         reply = options.call(_request("logs", program=args.name, lines=args.count))
-        echo_lines([line.data for line in reply.objects("lines")], args.as_json)
+        echo_lines([{"seq": line.integer("seq"), "ts": line.number("ts"),
+                     "stream": line.text("stream"), "pid": line.integer("pid"),
+                     "text": line.text("text")} for line in reply.objects("lines")],
+                   args.as_json)
         return 0
     import contextlib
 
@@ -406,12 +409,10 @@ def echo_lines(lines: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         import json
 
-        text = "\n".join(json.dumps({key: line.get(key) for key in
-                                     ("seq", "ts", "stream", "pid", "text")},
-                                    ensure_ascii=False, separators=(",", ":"))
+        text = "\n".join(json.dumps(line, ensure_ascii=False, separators=(",", ":"))
                          for line in lines)
     else:
-        text = "\n".join(str(line.get("text", "")) for line in lines)
+        text = "\n".join(line["text"] for line in lines)
     # Written as printed: a program's own colours are kept, as supervisorctl tail keeps them.
     echo(text)
 
