@@ -310,11 +310,22 @@ def _signal(args: argparse.Namespace) -> str:
         return text
     import signal
 
-    numbers = sorted(s.value for s in signal.Signals)
+    numbers = sorted({s.value for s in signal.Signals})
     if int(text) not in numbers:
-        raise usage(args, f"SIGNAL: {text} is not a signal number; give a name like HUP or "
-                         f"one of {numbers[0]}-{numbers[-1]} (see `kill -l`)")
+        raise usage(args, f"SIGNAL: {text} is not a signal number clawsup takes; give a name like HUP or "
+                    f"one of {_ranges(numbers)}")
     return text
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 34, 64] -> "1-3, 34, 64"."""
+    spans: list[list[int]] = []
+    for number in numbers:
+        if spans and number == spans[-1][-1] + 1:
+            spans[-1].append(number)
+        else:
+            spans.append([number])
+    return ", ".join(f"{s[0]}-{s[-1]}" if len(s) > 1 else str(s[0]) for s in spans)
 
 
 def echo_program(reply: Reply) -> None:
