@@ -159,6 +159,17 @@ def test_a_rule_relating_keys_is_checked_once_they_are_well_formed(tmp_path: Pat
     assert problems_of(config) == ["exactly one program must have main = true, got 0"]
 
 
+def test_a_value_refused_by_a_check_hides_no_rule_relating_keys(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[programs.a]\ncommand = ["true"]\ndirectory = "/nonexistent/clawsup-dir"\n'
+                      '[programs.b]\ncommand = ["true"]\nstop_signal = "SIGNOPE"\n')
+    assert problems_of(config) == [
+        "programs.a.directory: directory /nonexistent/clawsup-dir does not exist",
+        "programs.b.stop_signal: expected a signal name like 'SIGTERM', got 'SIGNOPE'",
+        "exactly one program must have main = true, got 0",
+    ]
+
+
 def test_missing_required_key_is_named(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(GOOD + "[programs.side]\nmain = false\n")

@@ -8,7 +8,7 @@ written once, where the key is declared: the type (msgspec checks it), a ``Check
 the field's ``Annotated`` type (a rule about one value, including what only this machine
 can answer: an executable, a directory, a user, an environment variable), or the
 section's ``__post_init__`` (a rule relating several keys of one table, checked once
-those keys are each well-formed).
+each of them decodes: a value a ``Check`` refuses still does).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tomllib
 import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import msgspec
 
@@ -526,7 +526,14 @@ def config_problems(raw: Mapping[str, Any], *, on_this_host: bool = True) -> lis
     ``on_this_host=False`` leaves out the ``HostCheck`` rules: for reading a config meant
     for another machine (the image's, from outside it).
     """
-    return _Walk(on_this_host).problems(raw, Config, "")
+    return [problem.text for problem in _Walk(on_this_host).problems(raw, Config, "")]
+
+
+class _Problem(NamedTuple):
+    text: str
+    # Broken by a Check only: the value still decodes, so the rules relating it to the
+    # other keys of its table can be checked too.
+    decodes: bool = False
 
 
 class _Walk:
@@ -535,7 +542,7 @@ class _Walk:
     def __init__(self, on_this_host: bool) -> None:
         self.on_this_host = on_this_host
 
-    def problems(self, value: Any, kind: Any, key: str) -> list[str]:
+    def problems(self, value: Any, kind: Any, key: str) -> list[_Problem]:
         """The problems of ``value`` read as ``kind`` at ``key``: tables key by key, so one
         bad key does not hide the others; any other value as one whole."""
         table = _struct_in(kind)
@@ -552,25 +559,27 @@ class _Walk:
 
     def table_problems(
         self, raw: dict[str, Any], table: type[msgspec.Struct], key: str
-    ) -> list[str]:
+    ) -> list[_Problem]:
         fields = {field.encode_name: field for field in msgspec.structs.fields(table)}
-        problems = [f"{_join(key, name)}: unknown key" for name in raw if name not in fields]
+        problems = [
+            _Problem(f"{_join(key, name)}: unknown key") for name in raw if name not in fields
+        ]
         for name, field in fields.items():
             if name not in raw:
                 if field.required:
-                    problems.append(f"{_join(key, name)}: missing (required)")
+                    problems.append(_Problem(f"{_join(key, name)}: missing (required)"))
                 continue
             found_at = _join(key, name)
             found = self.problems(raw[name], field.type, found_at)
             problems += found or self.check_problems(raw[name], field.type, raw, found_at)
-        if problems:
+        if not all(problem.decodes for problem in problems):
             return problems
-        # Each key is well-formed: what is left is a rule relating several (__post_init__).
-        return _decoding_problems(raw, table, key)
+        # Each key decodes: what is left is a rule relating several (__post_init__).
+        return problems + _decoding_problems(raw, table, key)
 
     def check_problems(
         self, value: Any, kind: Any, table: Mapping[str, Any], key: str
-    ) -> list[str]:
+    ) -> list[_Problem]:
         """What the ``Check`` rules in ``kind`` say of a value of that type; the first
         broken rule of a value, as later rules may rely on earlier ones."""
         origin = get_origin(kind)
@@ -585,7 +594,7 @@ class _Walk:
                     break
                 message = check.rule(value, table)
                 if message is not None:
-                    found = [f"{key}: {message}"]
+                    found = [_Problem(f"{key}: {message}", decodes=True)]
             return found
         if origin in (Union, types.UnionType):
             if value is None:
@@ -603,12 +612,12 @@ class _Walk:
         return []
 
 
-def _decoding_problems(value: Any, kind: Any, key: str) -> list[str]:
+def _decoding_problems(value: Any, kind: Any, key: str) -> list[_Problem]:
     """What msgspec says of ``value`` as ``kind``: its first problem only."""
     try:
         msgspec.convert(value, kind, dec_hook=_dec_hook)
     except msgspec.ValidationError as error:
-        return [_described(error, key, kind)]
+        return [_Problem(_described(error, key, kind))]
     return []
 
 
