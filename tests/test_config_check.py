@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from clawsup.client import Client, CommandFailed
 from clawsup.supervisor.config import ConfigError, load_config
+from tests.util import Clawsup, python_program, wait_until, write_config
 
 GOOD = '[programs.gw]\ncommand = ["true"]\nmain = true\n'
+SLEEP = "import time; time.sleep(600)"
 
 
 def clawsup(*args: str) -> subprocess.CompletedProcess[str]:
@@ -215,3 +218,25 @@ def test_reading_a_config_for_another_machine_skips_the_hosts_rules(tmp_path: Pa
     with pytest.raises(ConfigError) as raised:
         load_config(config)
     assert len(raised.value.problems) == 3
+
+
+def test_reload_refuses_a_config_with_problems_and_keeps_the_old_one(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"[programs.gw]\ncommand = {python_program(SLEEP)}\n"
+                                    "main = true\n")
+    clawsup = Clawsup(config, tmp_path / "clawsup.log")
+    try:
+        wait_until((tmp_path / "run" / "control.sock").exists, 20)
+        client = Client(f"ipc://{tmp_path}/run/control.sock", timeout=20)
+        pid = wait_until(lambda: next((p.pid for p in client.status().programs
+                                      if p.state == "RUNNING"), None), 20, what="gw RUNNING")
+        good = config.read_text()
+        config.write_text(good + 'directory = "/nonexistent/clawsup-dir"\nuser = "nobody-x"\n')
+        with pytest.raises(CommandFailed) as refused:
+            client.reload()
+        assert "programs.gw.directory: directory /nonexistent/clawsup-dir does not exist" in (
+            refused.value.message)
+        assert "programs.gw.user: no user named 'nobody-x'" in refused.value.message
+        (program,) = client.status().programs
+        assert (program.state, program.pid) == ("RUNNING", pid), "the old config is kept"
+    finally:
+        clawsup.stop()
