@@ -29,7 +29,8 @@ def load(paths: tuple[str, ...]) -> tuple[list[str], Config]:
     try:
         config = load_config(*files)
     except ConfigError as error:
-        print(f"clawsup: {error}", file=sys.stderr)
+        for problem in error.problems:
+            print(f"clawsup: {problem}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     for warning in deprecations(config):
         print(f"clawsup: warning: {', '.join(files)}: {warning}", file=sys.stderr)

@@ -210,7 +210,7 @@ def test_clawsupctl_waits_longer_than_clawsup_takes_to_answer_a_restart_of_the_s
     from clawsup.supervisor.config import load_config
     from clawsup.supervisor.program import KILL_TIMEOUT
 
-    gateway = load_config(REPO / "etc" / "clawsup.toml").programs["gateway"]
+    gateway = load_config(REPO / "etc" / "clawsup.toml", on_this_host=False).programs["gateway"]
     assert gateway.liveness is not None
     # The stop, then a start that may last start_timeout and end in the stop of a failed
     # start: the supervisor answers by then, clawsupctl must still be listening.
