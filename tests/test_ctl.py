@@ -161,6 +161,51 @@ def test_health_exit_1_on_a_bad_reply(tmp_path: Path) -> None:
     assert result.stderr.startswith("clawsupctl: unexpected reply")
 
 
+@pytest.mark.parametrize("reply", [
+    b'{"ok": false, "error": {"code": "failed", "message": "clawsup is shutting down"}}',
+    b'{"ok": true, "healthy": "yes"}',
+    b'{"healthy": true}',
+    b'{"ok": true, "healthy": true, "error": 5}',
+    b'{"ok": true, "healthy": true, "reasons": [1]}',
+    b'{"ok": false}',
+    b"\xff not json",
+    b"[]",
+    b'{"ok": true, "programs": [{"name": 1}], "supervisor_pid": 1}',
+])
+def test_a_reply_that_is_not_what_the_protocol_promises_is_one_line_and_exit_1(
+    tmp_path: Path, reply: bytes
+) -> None:
+    peer = SilentPeer(tmp_path / "control.sock", reply=reply)
+    try:
+        for command in (["health"], ["status"], ["status", "--json"], ["pid", "gateway"]):
+            result = ctl("--socket", peer.endpoint, *command)
+            assert result.returncode == 1, (command, result.stderr)
+            assert result.stdout == ""
+            assert result.stderr.startswith("clawsupctl: ")
+            assert result.stderr.count("\n") == 1, result.stderr
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize(("command", "requests"), [("health", 1), ("status", 2),
+                                                   ("restart", 1)])
+def test_a_silent_server_gets_a_query_twice_and_anything_else_once(
+    tmp_path: Path, command: str, requests: int
+) -> None:
+    peer = SilentPeer(tmp_path / "control.sock")
+    try:
+        began = time.monotonic()
+        result = ctl("--socket", peer.endpoint, "--timeout", "0.5", command)
+        took = time.monotonic() - began
+        wait_until(lambda: len(peer.received) == requests, what="the requests")
+    finally:
+        peer.close()
+    assert result.returncode == 1
+    assert "within 0.5s" in result.stderr
+    assert took < 0.5 * requests + 3, took
+    assert len(peer.received) == requests
+
+
 @pytest.mark.parametrize(
     "args",
     [
