@@ -11,10 +11,10 @@ One implementation per command: each is parsed here (argparse), sent by ``Target
 (clawsup/client/_call.py) and read field by field from its JSON reply. Docker and
 Kubernetes probes run ``health`` every few seconds for the container's whole life and
 scripts poll ``status``, so what every command loads is kept light: argparse, json and a
-Unix socket. pyzmq is loaded only by what needs it (``tcp://`` with CURVE, ``events``,
-``logs -f``, ``keygen``) and msgspec only by the commands that print a typed reply
-(``reload``, ``incidents``); tests/test_ctl.py checks what ``status`` and ``health``
-load.
+Unix socket. pyzmq and msgspec are loaded only where they are needed: ``tcp://`` with
+CURVE, the event stream (``events``, ``logs -f``: pyzmq's SUB socket and the typed
+``Client``), ``keygen``, and the commands that print a typed reply (``reload``,
+``incidents``); tests/test_ctl.py checks what ``status``, ``health`` and ``pid`` load.
 
 Shell completion, e.g. for bash, in ~/.bashrc::
 
