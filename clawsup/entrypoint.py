@@ -1,12 +1,5 @@
-"""The ``clawsup`` command: ``run`` without loading click, everything else through it.
-
-``clawsup run`` is the container's PID 1 for its whole life, and click, with what it
-imports (inspect, ast, difflib, uuid, gettext...), would cost it about 2.4 MiB of RSS that
-it never uses again once two options are parsed. So the command lines an ENTRYPOINT uses,
-``clawsup run`` with ``-c FILE`` / ``--config FILE`` / ``--config=FILE`` / ``-cFILE``
-repeated or not, are recognised here, strictly. Anything else (help, ``check``,
-``demo``, a typo, an option it does not know) goes to the click CLI in cli.py, which owns
-every message and error; a test holds the two parsers to the same reading.
+"""What ``clawsup run`` and ``clawsup check`` do once cli.py has read the command line:
+load the config files (exit 2 if unusable), then run the supervisor until it stops.
 """
 
 from __future__ import annotations
@@ -21,28 +14,6 @@ if TYPE_CHECKING:
 # Exit status for an unusable config, or a gateway that cannot start as configured
 # (firstrun.py): nothing was started.
 EXIT_CONFIG = 2
-
-
-def parse_run(argv: list[str]) -> tuple[str, ...] | None:
-    """The config paths of a plain ``run`` command line, or None to leave it to click."""
-    if not argv or argv[0] != "run":
-        return None
-    paths: list[str] = []
-    rest = iter(argv[1:])
-    for arg in rest:
-        if arg in ("-c", "--config"):
-            value = next(rest, None)
-        elif arg.startswith("--config="):
-            value = arg.removeprefix("--config=")
-        elif arg.startswith("-c") and not arg.startswith("--"):
-            value = arg[2:]
-        else:
-            return None
-        # An empty value or one that looks like an option: click decides what it means.
-        if not value or value.startswith("-"):
-            return None
-        paths.append(value)
-    return tuple(paths)
 
 
 def load(paths: tuple[str, ...]) -> tuple[list[str], Config]:
@@ -98,13 +69,3 @@ def _needs_ssl_module(config: Config) -> bool:
     """Whether anything configured imports ssl: https alerts, and prometheus_client
     (whose exposition module imports it at import time)."""
     return config.alerts is not None or config.metrics is not None
-
-
-def main() -> None:
-    paths = parse_run(sys.argv[1:])
-    if paths is not None:
-        run(paths)
-        return
-    from clawsup.cli import main as click_main
-
-    click_main()

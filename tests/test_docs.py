@@ -3,31 +3,33 @@ and every request is documented, and a reply says a thing once (issue 12, item 6
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import click
 import msgspec
 import pytest
 
 from clawsup import cli as clawsup_cli
+from clawsup._argv import Parser, UsageError
 from clawsup.client import ctl
 from clawsup.protocol import EventKind, Request
 from tests.util import REPO, Clawsup, python_program, write_config
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 PROTOCOL = REPO / "docs" / "protocol.md"
-CLIS: dict[str, click.Group] = {"clawsup": clawsup_cli.main, "clawsupctl": ctl.cli}
+CLIS: dict[str, Callable[[], Parser]] = {"clawsup": clawsup_cli.build_parser,
+                                         "clawsupctl": ctl.build_parser}
 
 # What the documents write as placeholders, and a value of that kind for the parser (a
 # new one that needs a number fails to parse until it is given one here).
 PLACEHOLDERS = {
-    "NAME": "gateway", "DIR": "/tmp/clawsup-docs-test", "SECONDS": "5", "LINES": "5",
+    "NAME": "gateway", "NAME...": "gateway", "DIR": "/tmp/clawsup-docs-test", "SECONDS": "5", "LINES": "5",
     "N": "3", "KIND": "state", "DURATION": "10m", "TEXT": "why", "SIGNAL": "HUP",
     "ENDPOINT": "ipc:///tmp/clawsup-docs-test.sock", "MODEL": "anthropic/claude-opus-4-5",
     "ZONE": "Europe/Berlin", "FILE": "clawsup.toml",
@@ -148,22 +150,19 @@ def _choices(tokens: list[str]) -> list[list[str]]:
 
 
 def parse(program: str, argv: list[str]) -> None:
-    """Parse ``argv`` as the CLI does, down to the subcommand, without running it. Prose
-    names an option without its value (`clawsupctl events --kind`): then that option
-    must exist."""
-    group = CLIS[program]
+    """Parse ``argv`` as the CLI does, without running it (UsageError if it refuses).
+    Prose names an option without its value (`clawsupctl events --kind`): then that
+    option must exist."""
+    parser = CLIS[program]()
     try:
-        context = group.make_context(program, list(argv))
-        # Click keeps the subcommand's words apart, as Group.invoke joins them again.
-        words = [*getattr(context, "_protected_args", []), *context.args]
-        name, command, rest = group.resolve_command(context, words)
-        assert command is not None, f"no subcommand in {argv}"
-        command.make_context(name or "", rest, parent=context)
-    except click.BadOptionUsage as error:
-        if not (argv[-1].startswith("-") and "requires an argument" in error.message):
+        parser.parse_args(list(argv))
+    except UsageError as error:
+        if not (argv[-1].startswith("-") and "expected one argument" in str(error)):
             raise
-        command = group.get_command(click.Context(group), argv[0]) or group
-        options = {o for param in command.params for o in param.opts}
+        commands = next(action for action in parser._actions
+                        if isinstance(action, argparse._SubParsersAction))
+        command = commands.choices.get(argv[0], parser)
+        options = {o for action in command._actions for o in action.option_strings}
         assert argv[-1] in options, f"{argv[-1]} is no option of {program} {argv[0]}"
 
 
@@ -183,17 +182,17 @@ def test_the_documents_show_commands_of_both_programs() -> None:
 def test_every_documented_command_parses(where: str, program: str, argv: list[str]) -> None:
     try:
         parse(program, argv)
-    except click.exceptions.Exit as done:  # --help, --version
-        if done.exit_code != 0:
-            pytest.fail(f"{where}: exit {done.exit_code}")
-    except click.ClickException as error:
-        pytest.fail(f"{where}: `{program} {' '.join(argv)}`: {error.format_message()}")
+    except SystemExit as done:  # --help, --version
+        if done.code not in (None, 0):
+            pytest.fail(f"{where}: exit {done.code}")
+    except UsageError as error:
+        pytest.fail(f"{where}: `{program} {' '.join(argv)}`: {error}")
 
 
 def test_parse_refuses_what_the_cli_refuses() -> None:
     """The check above can fail: an unknown option or subcommand does not parse."""
     for argv in (["restart", "--no-such-option"], ["no-such-command"], ["logs", "-n", "x"]):
-        with pytest.raises(click.ClickException):
+        with pytest.raises(UsageError):
             parse("clawsupctl", argv)
 
 
