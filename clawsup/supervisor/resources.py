@@ -10,8 +10,8 @@ The rules, as the README's config section gives them:
 - **max_cpu** must be exceeded for ``window`` without a break: each sample's CPU is the
   average since the one before, and the run over the limit starts where the first sample
   over it began. One sample under the limit ends the run.
-- **max_rss** must be exceeded by ``RSS_SAMPLES`` samples in a row (two: at least one
-  sampling period apart). The gateway peaks at 1.2 GB for a moment on a cold start; one
+- **max_rss** must be exceeded by ``RSS_SAMPLES`` samples in a row (two, a walk of the
+  sampler apart: 5 s by default). The gateway peaks at 1.2 GB for a moment on a cold start; one
   high sample is not a leak, and a leak that grew past the limit is still there a few
   seconds later. It is not held to ``window``: memory that keeps growing for a minute
   may take the container with it before then.
