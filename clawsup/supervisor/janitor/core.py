@@ -123,7 +123,7 @@ class Janitor:
     @property
     def directories(self) -> list[Path]:
         """The session directories currently swept."""
-        return sorted(d.path for d in self._dirs.dirs.values())
+        return sorted(directory.path for directory in self._dirs)
 
     def on_readable(self) -> None:
         """Drain inotify: note which names changed. Cheap; the work waits for the sweep."""
@@ -147,7 +147,7 @@ class Janitor:
         dirs = self._dirs
         if not dirs.watched or dirs.overflowed or dirs.dirs_changed or dirs.refresh_due:
             return None
-        return policy.quiet_until(dirs.dirs.values(), self._next_full, self._config.archive_retention)
+        return policy.quiet_until(dirs, self._next_full, self._config.archive_retention)
 
     def program_exited(
         self, program: str, pids: Collection[int], owners: Mapping[int, str] | None = None
@@ -205,7 +205,7 @@ class Janitor:
         )
         if full or refresh or dirs.refresh_due:
             dirs.refresh(found)
-        for directory in list(dirs.dirs.values()):
+        for directory in dirs:
             try:
                 if directory.wd is None or directory.rescan:
                     index.scan_cold(directory, found)
@@ -223,7 +223,7 @@ class Janitor:
         else:
             self._stats.quick_sweeps += 1
         self._check_locks(now, owners, report_stuck, found)
-        for directory in list(dirs.dirs.values()):
+        for directory in dirs:
             try:
                 self._archive_oversized(directory, now, found)
                 self._purge_archives(directory, now, found)
@@ -248,7 +248,7 @@ class Janitor:
             return probed[pid]
 
         judgement = policy.judge_locks(
-            self._dirs.dirs.values(),
+            self._dirs,
             now=now,
             owner_of=owner_of,
             owners=owners,

@@ -26,7 +26,7 @@ import glob
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,7 +152,7 @@ class DirectorySet:
         self._stats = stats
         self._problems = problems
         self._roots: dict[str, str] = {}  # pattern -> realpath of its fixed prefix, pinned
-        self.dirs: dict[tuple[int, int], SessionDir] = {}
+        self._by_key: dict[tuple[int, int], SessionDir] = {}  # (st_dev, st_ino) -> it
         self._by_wd: dict[int, SessionDir] = {}
         # Directories a new session directory may appear in: each pattern's nearest
         # existing fixed ancestor, its root, and the directories between root and match.
@@ -167,6 +167,10 @@ class DirectorySet:
                 self._watcher = inotify.open_watcher(self._on_events, watches)
             except OSError as error:
                 log.warning("inotify unavailable (%s): a full pass every sweep instead", error)
+
+    def __iter__(self) -> Iterator[SessionDir]:
+        """The session directories now; the set may change while the caller goes through them."""
+        return iter(list(self._by_key.values()))
 
     @property
     def watched(self) -> bool:
@@ -193,7 +197,7 @@ class DirectorySet:
                 # Events were dropped: nothing in the index can be trusted until rescanned.
                 self.overflowed = True
                 self._stats.overflows += 1
-                for watched in self.dirs.values():
+                for watched in self._by_key.values():
                     watched.rescan = True
                 continue
             ancestor = self._ancestors.get(event.wd)
@@ -216,10 +220,10 @@ class DirectorySet:
                 directory.dirty.add(event.name)
 
     def any_deleted(self) -> bool:
-        return any(_deleted(directory) for directory in self.dirs.values())
+        return any(_deleted(directory) for directory in self._by_key.values())
 
     def close(self) -> None:
-        for directory in list(self.dirs.values()):
+        for directory in list(self._by_key.values()):
             self.drop(directory)
         if self._watcher is not None:
             self._watcher.close()
@@ -276,7 +280,7 @@ class DirectorySet:
                     log.info("Session directory usable again: %s", match)
                 info = os.fstat(fd)
                 key = (info.st_dev, info.st_ino)
-                known = self.dirs.get(key)
+                known = self._by_key.get(key)
                 if key in seen or known is not None:
                     os.close(fd)  # known, or a second glob or in-root symlink to the same
                     if known is not None and key not in seen:
@@ -284,7 +288,7 @@ class DirectorySet:
                 else:
                     new.append((key, match, fd))
                 seen.add(key)
-        for key, directory in list(self.dirs.items()):
+        for key, directory in list(self._by_key.items()):
             if key not in seen:
                 message = f"Session directory vanished: {directory.path}"
                 log.warning("%s", message)
@@ -366,7 +370,7 @@ class DirectorySet:
 
     def _add(self, key: tuple[int, int], path: Path, fd: int, found: Findings) -> None:
         directory = SessionDir(path=path, fd=fd, key=key)
-        self.dirs[key] = directory
+        self._by_key[key] = directory
         self._watch(directory, found)
         log.info("Watching session directory: %s", path)
 
@@ -411,4 +415,4 @@ class DirectorySet:
             if directory.wd not in self._ancestors:  # the same inode watched as both
                 self._watcher.remove_watch(directory.wd)
         os.close(directory.fd)
-        self.dirs.pop(directory.key, None)
+        self._by_key.pop(directory.key, None)
