@@ -46,7 +46,9 @@ class FileWatch:
     waited for through a watch on its nearest existing ancestor, so its creation is an
     event too; only where no watch can be set at all does the supervisor poll.
     ``watches``: an inotify dispatcher to share (the janitor's); by default it has one of
-    its own.
+    its own. On a shared one, another watcher's dispatch may drain this one's events:
+    they are kept, and the next ``on_readable()`` returns them, so whoever dispatches
+    calls it after each dispatch.
     """
 
     def __init__(
