@@ -107,7 +107,7 @@ def emitted_kinds() -> set[str]:
     ``kind = "..."`` class attribute (the janitor's findings)."""
     kinds: set[str] = set()
     unreadable: list[str] = []
-    for path in sorted(SUPERVISOR_SOURCE.glob("*.py")):
+    for path in sorted(SUPERVISOR_SOURCE.rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):

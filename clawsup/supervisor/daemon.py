@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import logging
 import os
@@ -25,7 +24,7 @@ from typing import Any, Protocol
 import msgspec
 
 from clawsup.protocol import Event, HealthReply, LivenessState, ProgramStatus
-from clawsup.supervisor import hang
+from clawsup.supervisor import hang, libc
 from clawsup.supervisor.config import (
     Config,
     ConfigError,
@@ -44,7 +43,6 @@ from clawsup.supervisor.tree import PROGRAM_ENV, Trees
 
 log = logging.getLogger("clawsup")
 
-PR_SET_CHILD_SUBREAPER = 36
 # Lines longer than this are cut; a program printing megabytes without a newline must
 # not make the supervisor buffer them.
 MAX_LINE = 64 * 1024
@@ -100,12 +98,7 @@ def release_free_memory() -> bool:
     top of the heap: after start-up that is about 1.1 MiB of RSS nothing uses again.
     ``malloc_trim(0)`` releases every whole free page (MADV_DONTNEED), wherever it is.
     """
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except AttributeError:
-        return False
-    trim(0)
-    return True
+    return libc.malloc_trim()
 
 
 @dataclass
@@ -250,11 +243,12 @@ class Supervisor:
     def _become_subreaper(self) -> None:
         if os.getpid() == 1:
             return
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        try:
+            libc.set_child_subreaper()
+        except OSError as error:
             log.warning(
                 "cannot become a child subreaper (%s): orphaned grandchildren will not be "
-                "reaped by clawsup", os.strerror(ctypes.get_errno())
+                "reaped by clawsup", error.strerror
             )
 
     def _install_signal_handlers(self) -> None:
