@@ -73,9 +73,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar
 
-from clawsup.supervisor import procinfo
+from clawsup.supervisor import kinds, procinfo
 from clawsup.supervisor.config import JanitorConfig, expand_path
 from clawsup.supervisor.inotify import (
     IN_CREATE,
@@ -139,7 +138,6 @@ _SELF_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 class OrphanLock:
     """A lock the janitor removed."""
 
-    kind: ClassVar[str] = "orphan_lock"
     path: Path
     pid: int | None  # None when the content named none (reason UNREADABLE)
     reason: OrphanReason
@@ -159,21 +157,16 @@ class OrphanLock:
             why = f"unreadable lock, {age}"
         return f"Removing orphan lock: {self.path} ({why})"
 
-    def event_data(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "pid": self.pid,
-            "reason": self.reason.value,
-            "age": round(self.age, 3),
-            "session_id": _session_id(self.path.name, TRANSCRIPT_LOCK_SUFFIX),
-        }
+    def payload(self) -> kinds.OrphanLock:
+        return kinds.OrphanLock(
+            path=str(self.path), pid=self.pid, reason=self.reason.value, age=round(self.age, 3),
+            session_id=_session_id(self.path.name, TRANSCRIPT_LOCK_SUFFIX))
 
 
 @dataclass(frozen=True, slots=True)
 class ArchivedSession:
     """A transcript over ``max_session_size`` renamed to its archive name."""
 
-    kind: ClassVar[str] = "session_archived"
     path: Path  # the transcript's name, now free for a new session
     archive: Path
     size: int
@@ -183,20 +176,16 @@ class ArchivedSession:
     def message(self) -> str:
         return f"Archiving large session: {self.path} ({_mebibytes(self.size)}MB)"
 
-    def event_data(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "archive": str(self.archive),
-            "size": self.size,
-            "session_id": _session_id(self.path.name, SESSION_SUFFIX),
-        }
+    def payload(self) -> kinds.SessionArchived:
+        return kinds.SessionArchived(
+            path=str(self.path), archive=str(self.archive), size=self.size,
+            session_id=_session_id(self.path.name, SESSION_SUFFIX))
 
 
 @dataclass(frozen=True, slots=True)
 class PurgedArchive:
     """An archive deleted ``archive_retention`` after it was archived."""
 
-    kind: ClassVar[str] = "archive_purged"
     path: Path
     archived_at: float
     age: float  # seconds since archiving
@@ -206,8 +195,9 @@ class PurgedArchive:
     def message(self) -> str:
         return f"Purging old session archive: {self.path} (archived {format_duration(self.age)} ago)"
 
-    def event_data(self) -> dict[str, Any]:
-        return {"path": str(self.path), "archived_at": self.archived_at, "age": round(self.age, 3)}
+    def payload(self) -> kinds.ArchivePurged:
+        return kinds.ArchivePurged(path=str(self.path), archived_at=self.archived_at,
+                                   age=round(self.age, 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +207,6 @@ class StuckMessage:
     Reported once, then again after each further ``message_timeout`` while still held.
     """
 
-    kind: ClassVar[str] = "message_timeout"
     path: Path  # the lock
     pid: int
     session_id: str
@@ -229,13 +218,9 @@ class StuckMessage:
         owner = f"PID {self.pid}" + (f" of {self.program}" if self.program else "")
         return f"Stuck message: {self.path} (held by {owner} for {int(self.held_for)}s)"
 
-    def event_data(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "pid": self.pid,
-            "session_id": self.session_id,
-            "held_for": round(self.held_for, 3),
-        }
+    def payload(self) -> kinds.MessageTimeout:
+        return kinds.MessageTimeout(path=str(self.path), pid=self.pid,
+                                    session_id=self.session_id, held_for=round(self.held_for, 3))
 
 
 Finding = OrphanLock | ArchivedSession | PurgedArchive | StuckMessage
@@ -264,7 +249,7 @@ class SweepReport:
     held: tuple[HeldLock, ...] = ()
 
     def findings(self) -> Iterator[Finding]:
-        """Every finding, each with ``kind``, ``program``, ``message`` and ``event_data()``."""
+        """Every finding, each with ``program``, ``message`` and its event's ``payload()``."""
         yield from self.removed_locks
         yield from self.archived
         yield from self.purged
