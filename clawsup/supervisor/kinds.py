@@ -424,12 +424,7 @@ if set(CATALOGUE) != set(EventKind):  # pragma: no cover
 
 EVENT_KINDS = frozenset(CATALOGUE)
 INCIDENT_KINDS = frozenset(kind for kind, payload in CATALOGUE.items() if payload.incident)
-ROUTINE_KINDS = frozenset(kind for kind, payload in CATALOGUE.items() if payload.routine)
 DEFAULT_ALERT_KINDS = frozenset(kind for kind, payload in CATALOGUE.items() if payload.alert)
-
-
-def meaning(kind: EventKind) -> str:
-    return " ".join((CATALOGUE[kind].__doc__ or "").split())
 
 
 def as_data(payload: Payload) -> dict[str, Any]:
