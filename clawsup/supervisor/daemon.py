@@ -33,7 +33,6 @@ from clawsup.supervisor.config import (
     ProgramConfig,
     load_config,
 )
-from clawsup.supervisor.kinds import Payload, RestartReason, as_data
 from clawsup.supervisor.logbuffer import Outputs, Stream
 from clawsup.supervisor.probes import http_probe, tcp_probe
 from clawsup.supervisor.program import Program, SpawnError, State, TimerHandle
@@ -418,15 +417,15 @@ class Supervisor:
     def random(self) -> float:
         return self._random.random()
 
-    def publish(self, program: Program, payload: Payload, message: str) -> None:
+    def publish(self, program: Program, payload: kinds.Payload, message: str) -> None:
         self.emit(payload, program.name, message)
 
-    def emit(self, payload: Payload, program: str | None, message: str, *,
+    def emit(self, payload: kinds.Payload, program: str | None, message: str, *,
              logged: bool = False) -> None:
         """Publish an event to every sink; log it unless its source already did."""
-        # as_data makes plain JSON types, so that every sink can encode it.
+        # kinds.as_data makes plain JSON types, so that every sink can encode it.
         event = Event(ts=self.clock.time(), kind=payload.kind, program=program,
-                      message=message, data=as_data(payload))
+                      message=message, data=kinds.as_data(payload))
         if not logged:
             log.log(logging.INFO if payload.routine else logging.WARNING, "%s", message)
         for sink in self.sinks:
@@ -615,7 +614,7 @@ class Supervisor:
             self.emit(kinds.ZombieLeak(zombies=seen.zombies), program.name,
                       f"{program.name} leaks zombies ({seen.zombies} > "
                       f"{settings.zombie_children_max}), restarting")
-            program.restart(RestartReason.ZOMBIE_LEAK)
+            program.restart(kinds.RestartReason.ZOMBIE_LEAK)
 
     def _threads_observed(self, program: Program, watch: _Watch, at: float) -> None:
         """Another thread stuck in D: report it, restart gracefully once (hang.py says why)."""
@@ -632,7 +631,7 @@ class Supervisor:
                   f"{program.name} has a thread stuck in D state (thread {thread.tid} "
                   f"{thread.name!r} for {seconds:.1f}s), {then}")
         if restart:
-            program.restart(RestartReason.THREAD_HUNG)
+            program.restart(kinds.RestartReason.THREAD_HUNG)
 
     # -- liveness -----------------------------------------------------------------------------
 
@@ -688,7 +687,7 @@ class Supervisor:
                       f"{program.name} failed {settings.failures} liveness probes "
                       f"({detail}), restarting")
             watch.liveness = hang.Liveness()
-            program.restart(RestartReason.LIVENESS)
+            program.restart(kinds.RestartReason.LIVENESS)
 
     async def probe(self, program: Program) -> tuple[bool, str]:
         settings = program.config.liveness
@@ -793,7 +792,7 @@ class Supervisor:
                 self._watch(program)
             if change.action == "restart" and program.state in (
                     State.STARTING, State.RUNNING, State.BACKOFF):
-                program.restart(RestartReason.CONFIG_CHANGED)
+                program.restart(kinds.RestartReason.CONFIG_CHANGED)
 
     def _remove(self, program: Program) -> None:
         """Stop it; it stays listed (STOPPING) until it has exited, then is forgotten."""

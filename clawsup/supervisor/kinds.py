@@ -22,7 +22,7 @@ raises each kind through its real producer.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -214,7 +214,7 @@ class Log(Payload, frozen=True):
     routine = True
     seq: int  # of the first line
     ts: float
-    stream: str
+    stream: Literal["stdout", "stderr"]
     pid: int
     lines: list[str]
 
