@@ -422,6 +422,8 @@ if set(CATALOGUE) != set(EventKind):  # pragma: no cover
     raise ImportError("kinds.py and protocol.EventKind disagree: "
                       f"{sorted(set(EventKind) - set(CATALOGUE))}")
 
+# By the kind's plain string, as an event carries it (EventKind(name) is slow, per event).
+_BY_NAME: dict[str, type[Payload]] = {kind.value: payload for kind, payload in CATALOGUE.items()}
 EVENT_KINDS = frozenset(CATALOGUE)
 INCIDENT_KINDS = frozenset(kind for kind, payload in CATALOGUE.items() if payload.incident)
 DEFAULT_ALERT_KINDS = frozenset(kind for kind, payload in CATALOGUE.items() if payload.alert)
@@ -438,9 +440,8 @@ def as_data(payload: Payload) -> dict[str, Any]:
 def payload_of(event: Event) -> Payload | None:
     """An event's data as its kind's payload; None for a kind or data that is not one
     (an event built by hand, or by a newer supervisor)."""
-    try:
-        payload_type = CATALOGUE[EventKind(event.kind)]
-    except ValueError:
+    payload_type = _BY_NAME.get(event.kind)
+    if payload_type is None:
         return None
     try:
         return msgspec.convert(event.data, payload_type)
