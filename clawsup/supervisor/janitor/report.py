@@ -1,7 +1,7 @@
 """What a sweep reports: the findings (each an event), the locks held, the problems.
 
-Each finding carries its event's ``kind``, the ``program`` it concerns, the log
-``message`` and ``event_data()``; the service emits them as they are.
+Each finding carries the ``program`` it concerns, the log ``message`` and its event's
+typed ``payload()`` (kinds.py); the service emits them as they are.
 :class:`Problems` logs a problem (a directory that cannot be read, a file that cannot be
 moved) once, until it changes or clears.
 """
@@ -12,8 +12,8 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
 
+from clawsup.supervisor import kinds
 from clawsup.supervisor.janitor.names import SESSION_SUFFIX, session_id
 from clawsup.supervisor.locks import TRANSCRIPT_LOCK_SUFFIX, OrphanReason
 from clawsup.units import format_duration, format_size
@@ -25,7 +25,6 @@ log = logging.getLogger("clawsup.janitor")
 class OrphanLock:
     """A lock the janitor removed."""
 
-    kind: ClassVar[str] = "orphan_lock"
     path: Path
     pid: int | None  # None when the content named none (reason UNREADABLE)
     reason: OrphanReason
@@ -45,21 +44,16 @@ class OrphanLock:
             why = f"unreadable lock, {age}"
         return f"Removing orphan lock: {self.path} ({why})"
 
-    def event_data(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "pid": self.pid,
-            "reason": self.reason.value,
-            "age": round(self.age, 3),
-            "session_id": session_id(self.path.name, TRANSCRIPT_LOCK_SUFFIX),
-        }
+    def payload(self) -> kinds.OrphanLock:
+        return kinds.OrphanLock(
+            path=str(self.path), pid=self.pid, reason=self.reason.value, age=round(self.age, 3),
+            session_id=session_id(self.path.name, TRANSCRIPT_LOCK_SUFFIX))
 
 
 @dataclass(frozen=True, slots=True)
 class ArchivedSession:
     """A transcript over ``max_session_size`` renamed to its archive name."""
 
-    kind: ClassVar[str] = "session_archived"
     path: Path  # the transcript's name, now free for a new session
     archive: Path
     size: int
@@ -69,20 +63,16 @@ class ArchivedSession:
     def message(self) -> str:
         return f"Archiving large session: {self.path} ({format_size(self.size)})"
 
-    def event_data(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "archive": str(self.archive),
-            "size": self.size,
-            "session_id": session_id(self.path.name, SESSION_SUFFIX),
-        }
+    def payload(self) -> kinds.SessionArchived:
+        return kinds.SessionArchived(
+            path=str(self.path), archive=str(self.archive), size=self.size,
+            session_id=session_id(self.path.name, SESSION_SUFFIX))
 
 
 @dataclass(frozen=True, slots=True)
 class PurgedArchive:
     """An archive deleted ``archive_retention`` after it was archived."""
 
-    kind: ClassVar[str] = "archive_purged"
     path: Path
     archived_at: float
     age: float  # seconds since archiving
@@ -92,8 +82,9 @@ class PurgedArchive:
     def message(self) -> str:
         return f"Purging old session archive: {self.path} (archived {format_duration(self.age)} ago)"
 
-    def event_data(self) -> dict[str, Any]:
-        return {"path": str(self.path), "archived_at": self.archived_at, "age": round(self.age, 3)}
+    def payload(self) -> kinds.ArchivePurged:
+        return kinds.ArchivePurged(path=str(self.path), archived_at=self.archived_at,
+                                   age=round(self.age, 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +94,6 @@ class StuckMessage:
     Reported once, then again after each further ``message_timeout`` while still held.
     """
 
-    kind: ClassVar[str] = "message_timeout"
     path: Path  # the lock
     pid: int
     session_id: str
@@ -115,13 +105,9 @@ class StuckMessage:
         owner = f"PID {self.pid}" + (f" of {self.program}" if self.program else "")
         return f"Stuck message: {self.path} (held by {owner} for {int(self.held_for)}s)"
 
-    def event_data(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "pid": self.pid,
-            "session_id": self.session_id,
-            "held_for": round(self.held_for, 3),
-        }
+    def payload(self) -> kinds.MessageTimeout:
+        return kinds.MessageTimeout(path=str(self.path), pid=self.pid,
+                                    session_id=self.session_id, held_for=round(self.held_for, 3))
 
 
 Finding = OrphanLock | ArchivedSession | PurgedArchive | StuckMessage
@@ -150,7 +136,7 @@ class SweepReport:
     held: tuple[HeldLock, ...] = ()
 
     def findings(self) -> Iterator[Finding]:
-        """Every finding, each with ``kind``, ``program``, ``message`` and ``event_data()``."""
+        """Every finding, each with ``program``, ``message`` and its event's ``payload()``."""
         yield from self.removed_locks
         yield from self.archived
         yield from self.purged
