@@ -343,7 +343,7 @@ Reply = (
 )
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """What ``msgspec.to_builtins`` cannot convert, as a plain JSON value.
 
     Number subclasses (``Duration``, ``Size`` from the config) become the number; anything
@@ -414,7 +414,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.data:
             msgspec.structs.force_setattr(
-                self, "data", msgspec.to_builtins(self.data, enc_hook=_plain, str_keys=True)
+                self, "data", msgspec.to_builtins(self.data, enc_hook=plain, str_keys=True)
             )
 
 

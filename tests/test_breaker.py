@@ -52,14 +52,14 @@ def test_threshold_within_window_opens_and_switches_to_first_fallback() -> None:
     breaker = ModelBreaker(config(), PRIMARY)
     decision = trip(breaker, PRIMARY, 100.0)
     assert decision is not None
-    assert decision.kind == "breaker_open"
+    assert decision.payload.kind == "breaker_open"
     assert decision.switch_to == FALLBACK
     assert PRIMARY in decision.message
     assert FALLBACK in decision.message
-    assert decision.data["model"] == PRIMARY
-    assert decision.data["from"] == PRIMARY
-    assert decision.data["to"] == FALLBACK
-    assert decision.data["failures"] == 3
+    assert decision.payload.model == PRIMARY
+    assert decision.payload.old == PRIMARY
+    assert decision.payload.to == FALLBACK
+    assert decision.payload.failures == 3
     status = breaker.status()
     assert status.state == "open"
     assert status.active_model == FALLBACK
@@ -81,7 +81,7 @@ def test_failures_outside_the_window_do_not_count() -> None:
     assert breaker.record_failure(PRIMARY, 210.0) is None
     decision = breaker.record_failure(PRIMARY, 259.0)
     assert decision is not None
-    assert decision.kind == "breaker_open"
+    assert decision.payload.kind == "breaker_open"
 
 
 def test_cooldown_elapsed_goes_half_open_and_tries_the_primary() -> None:
@@ -90,9 +90,9 @@ def test_cooldown_elapsed_goes_half_open_and_tries_the_primary() -> None:
     assert breaker.tick(301.9) is None  # a tick before the deadline changes nothing
     decision = breaker.tick(302.0)
     assert decision is not None
-    assert decision.kind == "breaker_half_open"
+    assert decision.payload.kind == "breaker_half_open"
     assert decision.switch_to == PRIMARY
-    assert decision.data["from"] == FALLBACK
+    assert decision.payload.old == FALLBACK
     status = breaker.status()
     assert status.state == "half_open"
     assert status.active_model == PRIMARY
@@ -107,7 +107,7 @@ def test_half_open_closes_on_explicit_success() -> None:
     breaker.tick(302.0)
     decision = breaker.record_success(310.0)
     assert decision is not None
-    assert decision.kind == "breaker_closed"
+    assert decision.payload.kind == "breaker_closed"
     assert decision.switch_to is None  # the primary is already in use
     assert breaker.status().state == "closed"
     assert breaker.record_success(311.0) is None  # success while closed is no news
@@ -122,7 +122,7 @@ def test_half_open_closes_after_a_probe_period_without_failure() -> None:
     assert breaker.tick(901.0) is None
     decision = breaker.tick(902.0)
     assert decision is not None
-    assert decision.kind == "breaker_closed"
+    assert decision.payload.kind == "breaker_closed"
     assert breaker.state is BreakerState.CLOSED
 
 
@@ -133,7 +133,7 @@ def test_probe_period_can_be_set() -> None:
     assert breaker.next_deadline() == 332.0
     decision = breaker.tick(332.0)
     assert decision is not None
-    assert decision.kind == "breaker_closed"
+    assert decision.payload.kind == "breaker_closed"
 
 
 def test_one_failure_in_half_open_reopens_with_doubled_cooldown() -> None:
@@ -142,9 +142,9 @@ def test_one_failure_in_half_open_reopens_with_doubled_cooldown() -> None:
     breaker.tick(302.0)
     decision = breaker.record_failure(PRIMARY, 310.0)
     assert decision is not None
-    assert decision.kind == "breaker_open"
+    assert decision.payload.kind == "breaker_open"
     assert decision.switch_to == FALLBACK
-    assert decision.data["cooldown"] == 600.0
+    assert decision.payload.cooldown == 600.0
     status = breaker.status()
     assert status.state == "open"
     assert status.open_until == 310.0 + 600.0
@@ -161,11 +161,11 @@ def test_cooldown_doubling_stops_at_max_cooldown() -> None:
         now = deadline
         half = breaker.tick(now)
         assert half is not None
-        assert half.kind == "breaker_half_open"
+        assert half.payload.kind == "breaker_half_open"
         now += 1.0
         reopened = breaker.record_failure(PRIMARY, now)
         assert reopened is not None
-        seen.append(reopened.data["cooldown"])
+        seen.append(reopened.payload.cooldown)
     assert seen == [600.0, 1000.0, 1000.0, 1000.0]
 
 
@@ -177,13 +177,13 @@ def test_closing_resets_the_cooldown_to_its_base() -> None:
     assert breaker.tick(902.0) is None
     half = breaker.tick(903.0)
     assert half is not None
-    assert half.kind == "breaker_half_open"
+    assert half.payload.kind == "breaker_half_open"
     closed = breaker.record_success(904.0)
     assert closed is not None
-    assert closed.kind == "breaker_closed"
+    assert closed.payload.kind == "breaker_closed"
     reopened = trip(breaker, PRIMARY, 2000.0)
     assert reopened is not None
-    assert reopened.data["cooldown"] == 300.0
+    assert reopened.payload.cooldown == 300.0
     assert breaker.status().open_until == 2002.0 + 300.0
 
 
@@ -192,9 +192,9 @@ def test_a_failing_fallback_moves_on_to_the_next_one_and_stops_at_the_last() -> 
     trip(breaker, PRIMARY, 0.0)
     decision = trip(breaker, FALLBACK, 10.0)
     assert decision is not None
-    assert decision.kind == "breaker_open"
+    assert decision.payload.kind == "breaker_open"
     assert decision.switch_to == SECOND
-    assert decision.data["from"] == FALLBACK
+    assert decision.payload.old == FALLBACK
     status = breaker.status()
     assert status.active_model == SECOND
     # The cooldown of the primary still runs from when it was opened.
@@ -211,7 +211,7 @@ def test_stale_failures_of_a_model_no_longer_active_are_ignored() -> None:
     breaker = ModelBreaker(config(failures=1), PRIMARY)
     opened = breaker.record_failure(PRIMARY, 0.0)
     assert opened is not None
-    assert opened.kind == "breaker_open"
+    assert opened.payload.kind == "breaker_open"
     # A message sent to the primary times out after the switch: not the fallback's fault.
     assert breaker.record_failure(PRIMARY, 1.0) is None
     assert breaker.active_model == FALLBACK

@@ -19,6 +19,7 @@ from clawsup import cli as clawsup_cli
 from clawsup._argv import Parser, UsageError
 from clawsup.client import ctl
 from clawsup.protocol import EventKind, Request
+from clawsup.supervisor.kinds import CATALOGUE
 from tests.util import REPO, Clawsup, python_program, write_config
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -205,6 +206,15 @@ def test_protocol_md_has_a_row_for_every_event_kind_and_no_other() -> None:
     rows = re.findall(r"^\| `([a-z_]+)` \|.*\|$", section, re.M)
     assert sorted(rows) == sorted(kind.value for kind in EventKind)
     assert len(rows) == len(set(rows))
+
+
+def test_protocol_md_lists_the_data_keys_of_every_kinds_payload() -> None:
+    text = PROTOCOL.read_text()
+    section = text[text.index("## Events"):text.index("## Security")]
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \|.*\| ([^|]*) \|$", section, re.M))
+    for kind, payload in CATALOGUE.items():
+        wire = {field.encode_name for field in msgspec.structs.fields(payload)}
+        assert set(re.findall(r"`([a-z_]+)`", rows[kind.value])) == wire, kind
 
 
 def test_protocol_md_shows_every_request() -> None:

@@ -34,7 +34,7 @@ from clawsup.protocol import Event, encode
 from clawsup.supervisor import kinds
 from clawsup.supervisor.config import Liveness
 from clawsup.supervisor.janitor import archive_name
-from clawsup.supervisor.kinds import EVENT_KINDS, INCIDENT_KINDS
+from clawsup.supervisor.kinds import CATALOGUE, EVENT_KINDS, INCIDENT_KINDS
 from clawsup.units import Duration, Size
 from tests.test_resources import ALLOCATES
 from tests.test_service import TRACER
@@ -92,8 +92,35 @@ NOT_PUBLISHED = {
 SUPERVISOR_SOURCE = Path(kinds.__file__).parent
 
 
-def _kind_argument(call: ast.Call) -> ast.expr | None:
-    """The kind argument of ``emit(kind, ...)`` or ``publish(program, kind, ...)``."""
+PAYLOADS = {payload.__name__: kind for kind, payload in CATALOGUE.items()}
+
+
+def _payload_names(tree: ast.Module) -> tuple[dict[str, str], set[str]]:
+    """The payload classes a module imports (local name -> class name), and the names it
+    imports the kinds module itself under."""
+    imported: dict[str, str] = {}
+    modules: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "clawsup.supervisor.kinds":
+            imported.update({alias.asname or alias.name: alias.name for alias in node.names
+                             if alias.name in PAYLOADS})
+        elif isinstance(node, ast.ImportFrom) and node.module == "clawsup.supervisor":
+            modules.update(alias.asname or alias.name for alias in node.names
+                           if alias.name == "kinds")
+    return imported, modules
+
+
+def _payload_class(node: ast.expr, imported: dict[str, str], modules: set[str]) -> str | None:
+    if isinstance(node, ast.Name):
+        return imported.get(node.id)
+    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id in modules and node.attr in PAYLOADS):
+        return node.attr
+    return None
+
+
+def _payload_argument(call: ast.Call) -> ast.expr | None:
+    """The payload argument of ``emit(payload, ...)`` or ``publish(program, payload, ...)``."""
     name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(
         call.func, "id", None)
     if name == "emit" and call.args:
@@ -104,40 +131,30 @@ def _kind_argument(call: ast.Call) -> ast.expr | None:
 
 
 def emitted_kinds() -> set[str]:
-    """Every event kind written in the supervisor's source: the kind argument of each
-    emit()/publish() call, each ``kind="..."`` keyword (the breaker's decisions) and each
-    ``kind = "..."`` class attribute (the janitor's findings)."""
-    kinds: set[str] = set()
-    unreadable: list[str] = []
-    for path in sorted(SUPERVISOR_SOURCE.glob("*.py")):
+    """Every event kind the supervisor's source builds: each payload class called (or
+    handed to a call that builds it, as the breaker's ``_change(BreakerOpen, ...)``)
+    outside kinds.py, isinstance() aside. An emit() or publish() given a bare string is
+    the old form this scan would miss, and fails it."""
+    found: set[str] = set()
+    stringly: list[str] = []
+    for path in sorted(SUPERVISOR_SOURCE.rglob("*.py")):
+        if path.name == "kinds.py":
+            continue
         tree = ast.parse(path.read_text(), str(path))
+        imported, modules = _payload_names(tree)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                argument = _kind_argument(node)
-                if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
-                    kinds.add(argument.value)
-                elif argument is not None and not (
-                    # Forwarded from a value whose kind is found here: finding.kind,
-                    # decision.kind, or the kind parameter of publish() itself.
-                    (isinstance(argument, ast.Attribute) and argument.attr == "kind")
-                    or (isinstance(argument, ast.Name) and argument.id == "kind")
-                ):
-                    unreadable.append(f"{path.name}:{node.lineno}")
-                for keyword in node.keywords:
-                    if (keyword.arg == "kind" and isinstance(keyword.value, ast.Constant)
-                            and isinstance(keyword.value.value, str)):
-                        kinds.add(keyword.value.value)
-            elif isinstance(node, ast.ClassDef):
-                for statement in node.body:
-                    target = (statement.target if isinstance(statement, ast.AnnAssign)
-                              else statement.targets[0] if isinstance(statement, ast.Assign)
-                              else None)
-                    value = getattr(statement, "value", None)
-                    if (isinstance(target, ast.Name) and target.id == "kind"
-                            and isinstance(value, ast.Constant) and isinstance(value.value, str)):
-                        kinds.add(value.value)
-    assert not unreadable, f"event kinds this scan cannot read: {unreadable}"
-    return kinds
+            if not isinstance(node, ast.Call):
+                continue
+            if isinstance(_payload_argument(node), ast.Constant):
+                stringly.append(f"{path.name}:{node.lineno}")
+            if isinstance(node.func, ast.Name) and node.func.id == "isinstance":
+                continue
+            for candidate in (node.func, *node.args):
+                name = _payload_class(candidate, imported, modules)
+                if name is not None:
+                    found.add(PAYLOADS[name])
+    assert not stringly, f"events emitted by a bare kind string: {stringly}"
+    return found
 
 
 def test_every_kind_in_the_source_is_catalogued_and_raised_by_this_test() -> None:

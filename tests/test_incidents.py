@@ -11,6 +11,7 @@ import pytest
 
 from clawsup.protocol import Event
 from clawsup.supervisor.incidents import IncidentLog, is_incident
+from clawsup.supervisor.kinds import ExitCause, Exited, as_data
 
 DAY1 = calendar.timegm((2026, 1, 10, 12, 0, 0))
 DAY2 = calendar.timegm((2026, 1, 11, 8, 30, 0))
@@ -73,13 +74,19 @@ def test_routine_kinds_are_not_incidents(kind: str) -> None:
     assert not is_incident(event(kind))
 
 
+def _exit(cause: ExitCause, reason: str, *, restart: bool = True, ts: float = DAY1) -> Event:
+    payload = Exited(pid=42, code=None, signal="SIGTERM", reason=reason, restart=restart,
+                     cause=cause)
+    return event("exited", ts=ts, **as_data(payload))
+
+
 def test_an_exit_is_an_incident_only_when_the_program_crashed() -> None:
-    assert is_incident(event("exited", restart=True, reason="crashed"))
-    assert not is_incident(event("exited", restart=False, reason="stopped"))
+    assert is_incident(_exit(ExitCause.CRASHED, "crashed"))
+    assert not is_incident(_exit(ExitCause.STOPPED, "stopped", restart=False))
     assert not is_incident(event("exited"))
-    # Restarts an operator asked for are not recoveries.
-    for asked in ("manual", "restart_flag", "ops_request", "clawsupctl restart"):
-        assert not is_incident(event("exited", restart=True, reason=asked))
+    # Restarts an operator asked for are not recoveries, whatever their text says.
+    for asked in ("requested", "restart_flag", "ops_request", "requested: crashed"):
+        assert not is_incident(_exit(ExitCause.STOPPED, asked))
 
 
 def test_rotates_at_max_bytes_and_keeps_n_files(tmp_path: Path) -> None:
@@ -115,7 +122,7 @@ def test_summary_counts_per_day_and_kind_across_rotated_files(tmp_path: Path) ->
     log.observe(event("hung", ts=DAY1 + 60))
     log.observe(event("orphan_lock", ts=DAY1 + 120))
     log.observe(event("message_timeout", ts=DAY2))
-    log.observe(event("exited", ts=DAY2 + 1, restart=True, reason="crashed"))
+    log.observe(_exit(ExitCause.CRASHED, "crashed", ts=DAY2 + 1))
     assert (tmp_path / "incidents.jsonl.1").exists()
     reply = log.summary(since_seconds=None, now=DAY2 + 10, limit=3)
     assert reply.counts == {
@@ -123,7 +130,8 @@ def test_summary_counts_per_day_and_kind_across_rotated_files(tmp_path: Path) ->
         "2026-01-11": {"message_timeout": 1, "exited": 1},
     }
     assert [i.kind for i in reply.latest] == ["orphan_lock", "message_timeout", "exited"]
-    assert reply.latest[-1].data == {"restart": True, "reason": "crashed"}
+    assert reply.latest[-1].data == {"pid": 42, "code": None, "signal": "SIGTERM",
+                                     "reason": "crashed", "restart": True, "cause": "crashed"}
 
 
 def test_summary_since_looks_back_from_now(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import pytest
 
 from clawsup.supervisor.config import JanitorConfig
 from clawsup.supervisor.janitor import Janitor, OrphanLock, SweepReport
+from clawsup.supervisor.kinds import as_data
 from clawsup.supervisor.locks import OrphanReason
 from clawsup.units import Duration, Size
 from tests.util import wait_until
@@ -207,7 +208,7 @@ def test_dead_owner_lock_kept_until_lock_max_age(testbed: Testbed, caplog: pytes
     assert not lock.exists()
     assert f"Removing orphan lock: {lock} (PID {pid} is dead, age: 320s)" in janitor_messages(caplog)
     assert orphan.message == f"Removing orphan lock: {lock} (PID {pid} is dead, age: 320s)"
-    assert orphan.event_data() == {
+    assert as_data(orphan.payload()) == {
         "path": str(lock),
         "pid": pid,
         "reason": "dead",
@@ -426,7 +427,7 @@ def test_live_lock_over_message_timeout_reported_once_then_after_another_timeout
         "gateway",
     )
     assert stuck.held_for == pytest.approx(612.5, abs=0.01)
-    assert stuck.kind == "message_timeout"
+    assert stuck.payload().kind == "message_timeout"
     expected = f"Stuck message: {lock} (held by PID {process.pid} of gateway for 612s)"
     assert janitor_messages(caplog).count(expected) == 1
     for _ in range(10):  # the following sweeps, one interval apart: nothing new

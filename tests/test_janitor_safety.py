@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from clawsup.supervisor.config import JanitorConfig
-from clawsup.supervisor.janitor import Janitor, _lstat_transcripts, archive_name
+from clawsup.supervisor.janitor import Janitor, archive_name, lstat_transcripts
 from tests.test_janitor import Testbed, janitor_messages, removed, write_lock
 
 MiB = 1 << 20
@@ -132,7 +132,7 @@ def test_what_changed_between_listing_and_lstat_is_judged_by_the_lstat(
         (testbed.sessions / names[1]).symlink_to(big)
         os.mkfifo(testbed.sessions / names[2])
         (testbed.sessions / names[3]).mkdir()
-        sessions, oversized = _lstat_transcripts(fd, listed, 10 * MiB)
+        sessions, oversized = lstat_transcripts(fd, listed, 10 * MiB)
     finally:
         os.close(fd)
     assert sessions == set(names[4:])

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from clawsup.supervisor.janitor import archive_name
+from clawsup.supervisor.kinds import as_data
 from tests.test_janitor import Testbed, janitor_messages, removed, write_lock
 
 MiB = 1 << 20
@@ -55,7 +56,7 @@ def test_oversized_session_archived_in_place_with_the_watchdogs_log_line(
     assert archived.archive.stat().st_ino == inode  # renamed, not copied
     assert archived.archive.stat().st_size == 12 * MiB
     assert f"Archiving large session: {session} (12MB)" in janitor_messages(caplog)
-    assert archived.event_data() == {
+    assert as_data(archived.payload()) == {
         "path": str(session),
         "archive": str(archived.archive),
         "size": 12 * MiB,

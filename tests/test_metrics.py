@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clawsup.protocol import BreakerStatus, Event, LastExit, ProgramStatus
+from clawsup.supervisor import kinds
 from clawsup.supervisor.config import MetricsConfig, parse_listen
 from clawsup.supervisor.metrics import Metrics, MetricsError
 
@@ -38,8 +39,9 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
-def event(kind: str, program: str | None = "gateway", **data: object) -> Event:
-    return Event(ts=1.0, kind=kind, program=program, message=kind, data=data)
+def event(payload: kinds.Payload, program: str | None = "gateway") -> Event:
+    return Event(ts=1.0, kind=payload.kind, program=program, message=payload.kind,
+                 data=kinds.as_data(payload))
 
 
 def test_counters_move_with_events(metrics: Metrics) -> None:
@@ -49,22 +51,26 @@ def test_counters_move_with_events(metrics: Metrics) -> None:
     assert value(before, "clawsup_restarts_total", program="gateway", reason="hung") is None
     assert value(before, "clawsup_zombies_reaped_total") == 0.0
 
+    hung, timeout = kinds.RestartReason.HUNG, kinds.RestartReason.MESSAGE_TIMEOUT
     for sink_event in [
-        event("restarted", reason="hung"),
-        event("restarted", reason="hung"),
-        event("restarted", reason="message_timeout"),
-        event("hung", state="D"),
-        event("reaped", program=None, count=7),
-        event("reaped", program=None, count=2),
-        event("orphan_lock", path="/x.jsonl.lock"),
-        event("session_archived"),
-        event("archive_purged", count=3),
-        event("message_timeout"),
-        event("zombie_leak", zombies=60),
-        event("liveness_failed"),
-        event("crash_loop"),
-        event("unkillable"),
-        event("exited", reason="crashed", restart=True),
+        event(kinds.Restarted(pid=2, reason=hung)),
+        event(kinds.Restarted(pid=3, reason=hung)),
+        event(kinds.Restarted(pid=4, reason=timeout)),
+        event(kinds.Hung(state="D", seconds=10.0, pid=1)),
+        event(kinds.Reaped(count=7), program=None),
+        event(kinds.Reaped(count=2), program=None),
+        event(kinds.OrphanLock(path="/x.jsonl.lock", pid=9, reason="dead", age=1.0,
+                               session_id=None)),
+        event(kinds.SessionArchived(path="/s.jsonl", archive="/a", size=1, session_id=None)),
+        *[event(kinds.ArchivePurged(path=f"/a{n}", archived_at=0.0, age=1.0))
+          for n in range(3)],
+        event(kinds.MessageTimeout(path="/l", pid=1, session_id="s", held_for=1.0)),
+        event(kinds.ZombieLeak(zombies=60)),
+        event(kinds.LivenessFailed(detail="refused")),
+        event(kinds.CrashLoop(cooldown=60.0, reason=kinds.RestartReason.CRASHED)),
+        event(kinds.Unkillable(pid=1)),
+        event(kinds.Exited(pid=1, code=3, signal=None, reason="crashed", restart=True,
+                           cause=kinds.ExitCause.CRASHED)),
     ]:
         metrics.observe(sink_event)
 
@@ -128,13 +134,15 @@ def test_breaker_state_per_model(metrics: Metrics) -> None:
     samples = scrape(metrics)
     assert value(samples, "clawsup_breaker_state", model=model, state="closed") == 1.0
 
-    metrics.observe(event("breaker_open", model=model, state="open", to="openai/gpt-5.2"))
+    change = {"model": model, "old": model, "to": "openai/gpt-5.2", "failures": 3,
+              "cooldown": 60.0, "open_until": None}
+    metrics.observe(event(kinds.BreakerOpen(state="open", **change)))
     samples = scrape(metrics)
     assert value(samples, "clawsup_breaker_state", model=model, state="open") == 1.0
     assert value(samples, "clawsup_breaker_state", model=model, state="closed") == 0.0
     assert value(samples, "clawsup_breaker_opens_total", model=model) == 1.0
 
-    metrics.observe(event("breaker_half_open", model=model, state="half_open"))
+    metrics.observe(event(kinds.BreakerHalfOpen(state="half_open", **change)))
     assert value(scrape(metrics), "clawsup_breaker_state", model=model, state="half_open") == 1.0
 
     # The operator picks another model: the old one's series go away.
@@ -155,7 +163,7 @@ def test_ipv6_loopback_listen() -> None:
         pytest.skip(f"no IPv6 loopback here: {error}")
     try:
         assert served.address.startswith("[::1]:")
-        served.observe(event("hung"))
+        served.observe(event(kinds.Hung(state="D", seconds=10.0, pid=1)))
         assert value(scrape(served), "clawsup_hangs_total", program="gateway") == 1.0
     finally:
         served.close()

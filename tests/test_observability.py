@@ -16,7 +16,9 @@ import yaml
 
 from clawsup.protocol import BreakerStatus, Event, EventKind, ProgramStatus
 from clawsup.supervisor.config import MetricsConfig
+from clawsup.supervisor.kinds import as_data
 from clawsup.supervisor.metrics import Metrics
+from tests.test_kinds import SAMPLES
 from tests.util import REPO
 
 DASHBOARD = REPO / "deploy" / "grafana" / "clawsup.json"
@@ -50,9 +52,9 @@ def served() -> dict[str, set[str]]:
     metrics.start()
     try:
         for kind in EventKind:
+            payload = SAMPLES[kind]
             metrics.observe(Event(ts=time.time(), kind=kind.value, program="gw",
-                                  message="", data={"reason": "crashed", "model": "m",
-                                                    "state": "open", "count": 1}))
+                                  message="", data=as_data(payload)))
         metrics.update_programs([ProgramStatus(name="gw", state="RUNNING", pid=1,
                                                restarts=0, uptime=1.0, last_exit=None,
                                                rss=1 << 20, cpu_percent=1.0)])

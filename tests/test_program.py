@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clawsup.supervisor.config import Backoff, CrashLoop, Liveness, ProgramConfig
+from clawsup.supervisor.kinds import Payload, RestartReason, as_data
 from clawsup.supervisor.program import (
     KILL_TIMEOUT,
     TRANSITIONS,
@@ -115,8 +116,8 @@ class FakeEffects:
         self.timers.append(timer)
         return timer
 
-    def publish(self, program: Program, kind: str, message: str, data: dict[str, Any]) -> None:
-        self.events.append((kind, message, data))
+    def publish(self, program: Program, payload: Payload, message: str) -> None:
+        self.events.append((payload.kind, message, as_data(payload)))
 
     def transitioned(self, program: Program, old: State, new: State) -> None:
         self.transitions.append((old, new))
@@ -867,7 +868,7 @@ def test_restart_while_running_stops_then_starts_again() -> None:
     h = harness()
     h.run_until_running()
     old = h.program.pid
-    h.program.restart("manual")
+    h.program.restart(RestartReason.REQUESTED)
     assert h.state is S.STOPPING
     assert h.effects.kills == [(old, signal.SIGTERM)]
     h.program.exited(signal_status(signal.SIGTERM))
@@ -971,6 +972,27 @@ def test_hang_respawn_counts_one_restart() -> None:
     h.program.exited(KILLED)
     assert len(h.effects.spawns) == 2
     assert h.program.restarts == 1
+
+
+def test_a_requested_restart_whose_text_says_hung_does_not_count_toward_the_crash_loop() -> None:
+    # As test_hang_respawn_counts_toward_the_crash_loop, but asked for by a client whose
+    # free text spells an internal reason: it starts again at once, and never goes FATAL.
+    h = harness(make_config(max_restarts=1))
+    h.run_until_running()
+    for _ in range(3):
+        h.program.restart(RestartReason.REQUESTED, "hung")
+        h.program.exited(KILLED)
+        assert h.state is S.STARTING
+        h.effects.advance(h.program.config.start_seconds)
+    assert h.state is S.RUNNING
+    assert not h.effects.kinds("backoff")
+    assert not h.effects.kinds("crash_loop")
+    restarted = h.effects.kinds("restarted")
+    assert [(r["reason"], r["detail"]) for r in restarted] == [("requested", "hung")] * 3
+    assert [e["cause"] for e in h.effects.kinds("exited")] == ["stopped"] * 3
+    last = h.program.last_exit
+    assert last is not None
+    assert last.reason == "requested: hung"
 
 
 def test_hang_is_ignored_when_there_is_no_process_to_kill() -> None:

@@ -16,6 +16,7 @@ import json5
 import pytest
 
 from clawsup.supervisor.config import GatewayConfigFile
+from clawsup.supervisor.fileops import write_atomically
 from clawsup.supervisor.settings import (
     BACKUP_SUFFIX,
     Change,
@@ -34,7 +35,6 @@ from clawsup.supervisor.settings import (
     set_timezone,
     validate_model,
     validate_timezone,
-    write_atomically,
     write_setting,
 )
 from tests.test_opsfiles import frozen_directory

@@ -23,9 +23,12 @@ import pytest
 
 from clawsup.client import Client
 from clawsup.protocol import Restart, ScheduledReply
-from clawsup.supervisor.idle_restart import CHECK_INTERVAL, REASON
+from clawsup.supervisor.idle_restart import CHECK_INTERVAL
+from clawsup.supervisor.kinds import RestartReason
 from tests.realgw.harness import CLAWSUPCTL, EventRecorder
 from tests.util import Clawsup, wait_until, write_config
+
+REASON = RestartReason.REQUESTED_WHEN_IDLE
 
 
 @dataclass
@@ -137,7 +140,7 @@ def test_restarts_within_a_second_when_the_last_lock_goes(box: Box) -> None:
     assert restart["data"]["locks"] == []
     assert (restart["data"]["reason"], restart["data"]["detail"]) == (REASON, "asked in chat")
     restarted = box.event("restarted")
-    assert restarted["data"]["reason"] == REASON
+    assert (restarted["data"]["reason"], restarted["data"]["detail"]) == (REASON, "asked in chat")
     logged = [i for i in box.client.incidents().latest if i.kind == "idle_restart"]
     assert [i.data["detail"] for i in logged] == ["asked in chat"]
 
@@ -314,7 +317,8 @@ def test_a_reason_that_spells_an_internal_one_stays_free_text(box: Box, text: st
     box.client.restart(reason=text)
     box.new_pid(pid)
     exited = box.event("exited")
-    assert exited["data"]["reason"] == f"manual: {text}"
-    assert box.event("restarted")["data"]["reason"] == f"manual: {text}"
+    assert (exited["data"]["reason"], exited["data"]["cause"]) == (f"requested: {text}", "stopped")
+    restarted = box.event("restarted")["data"]
+    assert (restarted["reason"], restarted["detail"]) == ("requested", text)
     assert box.client.incidents().latest == []
-    assert box.client.status().programs[0].last_exit.reason == f"manual: {text}"
+    assert box.client.status().programs[0].last_exit.reason == f"requested: {text}"

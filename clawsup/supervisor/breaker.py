@@ -32,13 +32,13 @@ says it is off.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 from clawsup.protocol import BreakerStatus
 from clawsup.supervisor.config import BreakerConfig
+from clawsup.supervisor.kinds import BreakerChange, BreakerClosed, BreakerHalfOpen, BreakerOpen
 from clawsup.units import format_duration
 
 
@@ -59,15 +59,14 @@ _WIRE_STATE: dict[BreakerState, Literal["closed", "open", "half_open"]] = {
 class Decision:
     """What the loop must do after a breaker call.
 
-    ``kind`` is the event to publish (``breaker_open``, ``breaker_half_open``,
-    ``breaker_closed``) with ``message`` and ``data``; ``switch_to`` is the model to put
-    in the gateway's config, or None when the active model stays as it is.
+    ``payload`` is the event to publish (``BreakerOpen``, ``BreakerHalfOpen``,
+    ``BreakerClosed``) with ``message``; ``switch_to`` is the model to put in the gateway's
+    config, or None when the active model stays as it is.
     """
 
-    kind: str
+    payload: BreakerChange
     switch_to: str | None
     message: str
-    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 class ModelBreaker:
@@ -197,16 +196,11 @@ class ModelBreaker:
         while self._failures and now - self._failures[0] >= self._config.window:
             self._failures.popleft()
 
-    def _data(self, previous: str | None, failures: int) -> dict[str, Any]:
-        return {
-            "model": self._primary,
-            "from": previous,
-            "to": self.active_model,
-            "state": self._state.value,
-            "failures": failures,
-            "cooldown": float(self._cooldown),
-            "open_until": self._open_until,
-        }
+    def _change(self, change: type[BreakerChange], previous: str | None,
+              failures: int) -> BreakerChange:
+        return change(model=self._primary, old=previous, to=self.active_model,
+                      state=self._state.value, failures=failures,
+                      cooldown=float(self._cooldown), open_until=self._open_until)
 
     def _open(self, now: float) -> Decision:
         failures = len(self._failures)
@@ -216,14 +210,13 @@ class ModelBreaker:
         self._open_until = now + self._cooldown
         fallback = self.active_model
         return Decision(
-            kind="breaker_open",
             switch_to=fallback,
             message=(
                 f"model {self._primary} failed {failures} times within "
                 f"{format_duration(self._config.window)}; switching to {fallback} "
                 f"for {format_duration(self._cooldown)}"
             ),
-            data=self._data(self._primary, failures),
+            payload=self._change(BreakerOpen, self._primary, failures),
         )
 
     def _next_fallback(self) -> Decision | None:
@@ -234,14 +227,13 @@ class ModelBreaker:
         self._index += 1
         self._failures.clear()
         return Decision(
-            kind="breaker_open",
             switch_to=self.active_model,
             message=(
                 f"fallback model {failing} failed {failures} times within "
                 f"{format_duration(self._config.window)} as well; "
                 f"switching to {self.active_model}"
             ),
-            data=self._data(failing, failures),
+            payload=self._change(BreakerOpen, failing, failures),
         )
 
     def _half_open(self, now: float) -> Decision:
@@ -252,13 +244,12 @@ class ModelBreaker:
         self._open_until = None
         self._probe_until = now + self._probe
         return Decision(
-            kind="breaker_half_open",
             switch_to=self._primary,
             message=(
                 f"trying model {self._primary} again after "
                 f"{format_duration(self._cooldown)} on {previous}"
             ),
-            data=self._data(previous, 0),
+            payload=self._change(BreakerHalfOpen, previous, 0),
         )
 
     def _reopen(self, now: float) -> Decision:
@@ -270,13 +261,12 @@ class ModelBreaker:
         self._probe_until = None
         self._open_until = now + self._cooldown
         return Decision(
-            kind="breaker_open",
             switch_to=self.active_model,
             message=(
                 f"model {self._primary} failed again on probation; switching to "
                 f"{self.active_model} for {format_duration(self._cooldown)}"
             ),
-            data=self._data(self._primary, 1),
+            payload=self._change(BreakerOpen, self._primary, 1),
         )
 
     def _close(self, why: str) -> Decision:
@@ -286,8 +276,7 @@ class ModelBreaker:
         self._open_until = None
         self._probe_until = None
         return Decision(
-            kind="breaker_closed",
             switch_to=None,
             message=f"model {self._primary} is healthy again ({why}); breaker closed",
-            data=self._data(self._primary, 0),
+            payload=self._change(BreakerClosed, self._primary, 0),
         )

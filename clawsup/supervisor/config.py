@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_ori
 
 import msgspec
 
-from clawsup.supervisor.kinds import EVENT_KINDS
+from clawsup.supervisor.kinds import DEFAULT_ALERT_KINDS, EVENT_KINDS
 from clawsup.supervisor.resources import Limits
 from clawsup.units import Duration, Size, parse_duration, parse_size
 
@@ -424,12 +424,7 @@ class WebhookConfig(_Section, frozen=True):
 
 
 class AlertsConfig(_Section, frozen=True):
-    events: list[str] = msgspec.field(
-        default_factory=lambda: [
-            "hung", "thread_hung", "fatal", "crash_loop", "message_timeout", "breaker_open",
-            "zombie_leak",
-        ]
-    )
+    events: list[str] = msgspec.field(default_factory=lambda: sorted(DEFAULT_ALERT_KINDS))
     quiet_period: Duration = Duration(600.0)
     queue_size: int = 100
     retries: int = 5

@@ -59,13 +59,22 @@ from clawsup.supervisor.config import Config, ProgramConfig, _signal_number, exp
 from clawsup.supervisor.daemon import ReloadError, Supervisor
 from clawsup.supervisor.idle_restart import (
     CHECK_INTERVAL,
-    REASON,
     PendingRestart,
     Verdict,
     decide,
     parse_max_wait,
 )
 from clawsup.supervisor.incidents import IncidentLog
+from clawsup.supervisor.kinds import (
+    IdleRestart,
+    ModelChanged,
+    OverrideDropped,
+    RestartCancelled,
+    RestartReason,
+    RestartRequested,
+    RestartScheduled,
+    TimezoneChanged,
+)
 from clawsup.supervisor.opsfiles import (
     FlagError,
     OpsInbox,
@@ -75,9 +84,7 @@ from clawsup.supervisor.opsfiles import (
     SetTimezoneRequest,
 )
 from clawsup.supervisor.program import (
-    HUNG,
     KILL_TIMEOUT,
-    START_TIMEOUT,
     Program,
     State,
     TimerHandle,
@@ -107,18 +114,6 @@ class _IdleWait:
     program: Program
     pending: PendingRestart
     timer: TimerHandle | None = None
-
-
-# Reasons that make clawsup count or decide something: a failure (backoff, crash-loop
-# budget, the model breaker's "crashed"), or a restart when idle. A client's free text
-# that happens to spell one is kept as text, not taken for it.
-_INTERNAL_REASONS = frozenset({HUNG, START_TIMEOUT, "crashed", REASON})
-
-
-def _operator_reason(reason: str | None) -> str:
-    if not reason:
-        return "manual"
-    return f"manual: {reason}" if reason in _INTERNAL_REASONS else reason
 
 
 def _running_pid(program: Program) -> int | None:
@@ -183,11 +178,12 @@ class Controller:
                 log.info("re-applied %s = %r (was %r)", change.key, change.new, change.old)
             for dropped in result.dropped:
                 self.supervisor.emit(
-                    "override_dropped", self._gateway_program().name,
+                    OverrideDropped(key=dropped.key, value=dropped.value, found=dropped.found,
+                                    replaced=dropped.replaced, reason=dropped.reason),
+                    self._gateway_program().name,
                     f"not re-applying {dropped.key} = {dropped.value!r}: the file holds "
                     f"{dropped.found!r} ({dropped.reason}); that value stays and clawsup "
                     "forgets its own",
-                    msgspec.to_builtins(dropped),
                 )
             if result.dropped:
                 overrides = result.kept
@@ -237,7 +233,7 @@ class Controller:
                 return error_reply(BAD_VALUE, "max_wait applies only to a restart with when_idle")
             case Restart(program=name, wait=wait, reason=reason):
                 self._cancel_idle_restart(name, "restarted by operator")
-                return await self.restart(name, _operator_reason(reason), wait)
+                return await self.restart(name, reason or "", wait)
             case Signal(signal=signame, program=name):
                 return self._signal(signame, name)
             case SetModel(model=model):
@@ -340,12 +336,13 @@ class Controller:
         # The reply's fields say it all: a message would only say it again.
         return ProgramReply(program=program.name, state=program.state.value, pid=program.pid)
 
-    async def restart(self, name: str | None, reason: str, wait: bool) -> Reply:
+    async def restart(self, name: str | None, detail: str, wait: bool) -> Reply:
+        """A client's restart: always ``requested``, its free text only ``detail``."""
         program = self._program(name)
         if isinstance(program, ErrorReply):
             return program
         old_pid = program.pid
-        program.restart(reason)
+        program.restart(RestartReason.REQUESTED, detail)
         if not wait:
             return ProgramReply(program=program.name, state=program.state.value, pid=program.pid,
                                 message=f"restarting {program.name}")
@@ -391,11 +388,11 @@ class Controller:
             self._restart_idle(waiting, Verdict.IDLE, [])
             return reply
         self.supervisor.emit(
-            "restart_scheduled", program.name,
+            RestartScheduled(reason=RestartReason.REQUESTED_WHEN_IDLE, detail=detail, pid=pid,
+                             max_wait=seconds, deadline=reply.deadline, locks=held),
+            program.name,
             f"restart of {program.name} when idle asked for{_quoted(detail)}: waiting for "
-            f"{len(held)} transcript lock(s) to go, at most {_seconds(seconds)}",
-            {"reason": REASON, "detail": detail, "pid": pid, "max_wait": seconds,
-             "deadline": reply.deadline, "locks": held})
+            f"{len(held)} transcript lock(s) to go, at most {_seconds(seconds)}")
         self._idle_waits.append(waiting)
         self._check_idle_later(waiting)
         return reply
@@ -454,12 +451,12 @@ class Controller:
         else:
             why = f"no transcript lock held after {_seconds(waited)}"
         self.supervisor.emit(
-            "idle_restart", program.name,
-            f"restarting {program.name} as asked for{_quoted(pending.detail)}: {why}",
-            {"reason": REASON, "detail": pending.detail, "pid": program.pid,
-             "waited": round(waited, 3), "max_wait": pending.max_wait,
-             "at_max_wait": at_max_wait, "locks": held})
-        program.restart(REASON)
+            IdleRestart(reason=RestartReason.REQUESTED_WHEN_IDLE, detail=pending.detail,
+                        pid=program.pid, waited=round(waited, 3), max_wait=pending.max_wait,
+                        at_max_wait=at_max_wait, locks=held),
+            program.name,
+            f"restarting {program.name} as asked for{_quoted(pending.detail)}: {why}")
+        program.restart(RestartReason.REQUESTED_WHEN_IDLE, pending.detail)
 
     def _cancel_idle_restart(self, name: str | None, cause: str) -> None:
         program = self._program(name)
@@ -475,10 +472,11 @@ class Controller:
             waiting.timer.cancel()
         program, pending = waiting.program, waiting.pending
         self.supervisor.emit(
-            "restart_cancelled", program.name,
+            RestartCancelled(reason=RestartReason.REQUESTED_WHEN_IDLE, detail=pending.detail,
+                             cause=cause),
+            program.name,
             f"pending restart of {program.name} when idle{_quoted(pending.detail)} "
-            f"cancelled: {cause}",
-            {"reason": REASON, "detail": pending.detail, "cause": cause})
+            f"cancelled: {cause}")
 
     def close(self) -> None:
         """The supervisor is going: pending restarts go with it, quietly."""
@@ -564,9 +562,8 @@ class Controller:
             self._remember_written(model)
         applied = self._apply(change.changed)
         self.supervisor.emit(
-            "model_changed", self._gateway_program().name,
-            f"model {change.old!r} -> {change.new!r} ({source})",
-            {"old": change.old, "new": change.new, "source": source, "applied": applied},
+            ModelChanged(old=change.old, new=change.new, source=source, applied=applied),
+            self._gateway_program().name, f"model {change.old!r} -> {change.new!r} ({source})",
         )
         return SettingReply(key=change.key, old=change.old, new=change.new, applied=applied)
 
@@ -581,9 +578,9 @@ class Controller:
         self._gateway_program().extra_environment["TZ"] = zone
         applied = self._apply(change.changed)
         self.supervisor.emit(
-            "timezone_changed", self._gateway_program().name,
+            TimezoneChanged(old=change.old, new=change.new, source=source, applied=applied),
+            self._gateway_program().name,
             f"time zone {change.old!r} -> {change.new!r} ({source})",
-            {"old": change.old, "new": change.new, "source": source, "applied": applied},
         )
         return SettingReply(key=change.key, old=change.old, new=change.new, applied=applied)
 
@@ -622,7 +619,7 @@ class Controller:
             return "unchanged"
         if self.config.gateway_config.apply == "restart":
             program = self._gateway_program()
-            program.restart("config_changed")
+            program.restart(RestartReason.CONFIG_CHANGED)
             return "restart"
         return "reload"
 
@@ -641,10 +638,10 @@ class Controller:
             if reason is not None:
                 program = self.supervisor.main
                 why = f"restart flag: {reason}" if reason else "restart flag"
-                self.supervisor.emit("restart_requested", program.name,
-                                     f"{why}: restarting {program.name}",
-                                     {"reason": "restart_flag", "detail": reason})
-                program.restart("restart_flag")
+                self.supervisor.emit(
+                    RestartRequested(reason=RestartReason.RESTART_FLAG, detail=reason),
+                    program.name, f"{why}: restarting {program.name}")
+                program.restart(RestartReason.RESTART_FLAG, reason)
         if self._ops is None:
             return None
         for pending in self._ops.take():
@@ -656,7 +653,7 @@ class Controller:
                     if isinstance(target, ErrorReply):
                         reply = target
                     else:
-                        target.restart("ops_request")
+                        target.restart(RestartReason.OPS_REQUEST, ops_reason or "")
                         reply = ProgramReply(program=target.name, state=target.state.value,
                                              pid=target.pid,
                                              message=f"restarting {target.name}: {ops_reason or ''}")
@@ -689,8 +686,8 @@ class Controller:
     def _act(self, decision: Decision | None, why: str) -> None:
         if decision is None:
             return
-        self.supervisor.emit(decision.kind, self._gateway_program().name, decision.message,
-                             {**decision.data, "cause": why})
+        self.supervisor.emit(msgspec.structs.replace(decision.payload, cause=why),
+                             self._gateway_program().name, decision.message)
         if decision.switch_to is not None:
             reply = self.set_model(decision.switch_to, "model breaker", by_breaker=True)
             if isinstance(reply, ErrorReply):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import logging
 import os
@@ -20,12 +19,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 
 from clawsup.protocol import Event, HealthReply, LivenessState, ProgramStatus
-from clawsup.supervisor import hang, resources
+from clawsup.supervisor import hang, kinds, libc, resources
 from clawsup.supervisor.config import (
     Config,
     ConfigError,
@@ -33,7 +32,6 @@ from clawsup.supervisor.config import (
     ProgramConfig,
     load_config,
 )
-from clawsup.supervisor.kinds import EVENT_KINDS, ROUTINE_KINDS
 from clawsup.supervisor.logbuffer import Outputs, Stream
 from clawsup.supervisor.probes import http_probe, tcp_probe
 from clawsup.supervisor.program import Program, SpawnError, State, TimerHandle
@@ -44,7 +42,6 @@ from clawsup.supervisor.tree import PROGRAM_ENV, Trees
 
 log = logging.getLogger("clawsup")
 
-PR_SET_CHILD_SUBREAPER = 36
 # Lines longer than this are cut; a program printing megabytes without a newline must
 # not make the supervisor buffer them.
 MAX_LINE = 64 * 1024
@@ -100,12 +97,7 @@ def release_free_memory() -> bool:
     top of the heap: after start-up that is about 1.1 MiB of RSS nothing uses again.
     ``malloc_trim(0)`` releases every whole free page (MADV_DONTNEED), wherever it is.
     """
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except AttributeError:
-        return False
-    trim(0)
-    return True
+    return libc.malloc_trim()
 
 
 @dataclass
@@ -251,11 +243,12 @@ class Supervisor:
     def _become_subreaper(self) -> None:
         if os.getpid() == 1:
             return
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        try:
+            libc.set_child_subreaper()
+        except OSError as error:
             log.warning(
                 "cannot become a child subreaper (%s): orphaned grandchildren will not be "
-                "reaped by clawsup", os.strerror(ctypes.get_errno())
+                "reaped by clawsup", error.strerror
             )
 
     def _install_signal_handlers(self) -> None:
@@ -348,8 +341,8 @@ class Supervisor:
         self.trees.settle()
         if orphans:
             # Not logged: an orphan storm would flood the log; metrics count them.
-            self.emit("reaped", None, f"reaped {orphans} orphaned process(es)",
-                      {"count": orphans}, logged=True)
+            self.emit(kinds.Reaped(count=orphans), None,
+                      f"reaped {orphans} orphaned process(es)", logged=True)
 
     def _program_exited(self, child: _Child, status: int) -> None:
         program = child.program
@@ -419,22 +412,17 @@ class Supervisor:
     def random(self) -> float:
         return self._random.random()
 
-    def publish(self, program: Program | None, kind: str, message: str,
-                data: dict[str, Any]) -> None:
-        self.emit(kind, program.name if program else None, message, data)
+    def publish(self, program: Program, payload: kinds.Payload, message: str) -> None:
+        self.emit(payload, program.name, message)
 
-    def emit(self, kind: str, program: str | None, message: str,
-             data: dict[str, Any] | None = None, *, logged: bool = False) -> None:
+    def emit(self, payload: kinds.Payload, program: str | None, message: str, *,
+             logged: bool = False) -> None:
         """Publish an event to every sink; log it unless its source already did."""
-        if kind not in EVENT_KINDS:
-            # Still sent: losing the event would be worse than an uncatalogued kind, which
-            # an [alerts] list cannot name. tests/test_every_event.py catches it first.
-            log.error("event kind %r is missing from kinds.py", kind)
-        # Event makes data plain JSON types, so that every sink can encode it.
-        event = Event(ts=self.clock.time(), kind=kind, program=program, message=message,
-                      data=data or {})
+        # kinds.as_data makes plain JSON types, so that every sink can encode it.
+        event = Event(ts=self.clock.time(), kind=payload.kind, program=program,
+                      message=message, data=kinds.as_data(payload))
         if not logged:
-            log.log(logging.INFO if kind in ROUTINE_KINDS else logging.WARNING, "%s", message)
+            log.log(logging.INFO if payload.routine else logging.WARNING, "%s", message)
         for sink in self.sinks:
             try:
                 sink(event)
@@ -445,10 +433,10 @@ class Supervisor:
         if new is State.FATAL and program.config.main and self.config.supervisor.exit_on_fatal:
             log.error("%s is FATAL and exit_on_fatal is set: exiting so the container "
                       "restarts", program.name)
-            self.emit("fatal", program.name, f"{program.name} is FATAL, clawsup exits")
+            self.emit(kinds.Fatal(), program.name, f"{program.name} is FATAL, clawsup exits")
             self.request_shutdown(exit_code=self._fatal_status(program))
         elif new is State.FATAL:
-            self.emit("fatal", program.name, f"{program.name} is FATAL")
+            self.emit(kinds.Fatal(), program.name, f"{program.name} is FATAL")
         elif new is State.EXITED and program.config.main:
             # The main program is done for good (autorestart said so): like tini, the
             # container ends with it, carrying its status.
@@ -527,9 +515,9 @@ class Supervisor:
         when there is output: an idle gateway costs nothing here."""
         added = self.outputs.add(name, self.clock.time(), stream, pid, lines)
         if added is not None:
-            self.emit("log", name, f"{len(added.texts)} line(s) of {name}'s {stream}",
-                      {"seq": added.first_seq, "ts": added.ts, "stream": stream, "pid": pid,
-                       "lines": added.texts}, logged=True)
+            self.emit(kinds.Log(seq=added.first_seq, ts=added.ts, stream=stream, pid=pid,
+                                lines=added.texts),
+                      name, f"{len(added.texts)} line(s) of {name}'s {stream}", logged=True)
 
     # -- programs -----------------------------------------------------------------------------
 
@@ -607,10 +595,8 @@ class Supervisor:
         if hang.is_hung(watch.d_state, seen.at, settings.d_state_after):
             seconds = hang.d_state_seconds(watch.d_state, seen.at)
             description = f"state: D for {seconds:.1f}s"
-            self.emit("hung", program.name,
-                      f"{program.name} is hung ({description}), restarting",
-                      {"state": "D", "seconds": round(seconds, 3), "pid": seen.pid,
-                       "reason": "hung"})
+            self.emit(kinds.Hung(state="D", seconds=round(seconds, 3), pid=seen.pid),
+                      program.name, f"{program.name} is hung ({description}), restarting")
             watch.d_state = hang.NOT_IN_D
             program.hang_detected(description)
             return
@@ -625,11 +611,10 @@ class Supervisor:
         if program.state is State.RUNNING and hang.is_zombie_leak(
             seen.zombies, settings.zombie_children_max
         ):
-            self.emit("zombie_leak", program.name,
+            self.emit(kinds.ZombieLeak(zombies=seen.zombies), program.name,
                       f"{program.name} leaks zombies ({seen.zombies} > "
-                      f"{settings.zombie_children_max}), restarting",
-                      {"zombies": seen.zombies, "reason": "zombie_leak"})
-            program.restart("zombie_leak")
+                      f"{settings.zombie_children_max}), restarting")
+            program.restart(kinds.RestartReason.ZOMBIE_LEAK)
 
     def _usage_observed(self, program: Program, watch: _Watch, usage: resources.Usage) -> None:
         """Over a resource limit: restart gracefully once it has held (resources.py)."""
@@ -637,9 +622,11 @@ class Supervisor:
             watch.over_limits, usage, program.config.resources.limits,
             running=program.state is State.RUNNING)
         if verdict is not None:
-            self.emit("resource_limit", program.name, verdict.message(program.name),
-                      verdict.data(usage.pid))
-            program.restart("resource_limit")
+            self.emit(kinds.ResourceLimit(
+                resource=verdict.resource, value=verdict.value, limit=verdict.limit,
+                seconds=round(verdict.seconds, 3), samples=verdict.samples, pid=usage.pid,
+            ), program.name, verdict.message(program.name))
+            program.restart(kinds.RestartReason.RESOURCE_LIMIT)
 
     def _threads_observed(self, program: Program, watch: _Watch, at: float) -> None:
         """Another thread stuck in D: report it, restart gracefully once (hang.py says why)."""
@@ -650,13 +637,13 @@ class Supervisor:
         watch.threads, restart = hang.report_stuck(watch.threads, thread.tid)
         then = ("restarting it once; it cannot exit before the kernel returns the thread"
                 if restart else "already restarted once: not again")
-        self.emit("thread_hung", program.name,
+        self.emit(kinds.ThreadHung(tid=thread.tid, thread=thread.name,
+                                   seconds=round(seconds, 3), pid=program.pid, restart=restart),
+                  program.name,
                   f"{program.name} has a thread stuck in D state (thread {thread.tid} "
-                  f"{thread.name!r} for {seconds:.1f}s), {then}",
-                  {"tid": thread.tid, "thread": thread.name, "seconds": round(seconds, 3),
-                   "pid": program.pid, "restart": restart, "reason": "thread_hung"})
+                  f"{thread.name!r} for {seconds:.1f}s), {then}")
         if restart:
-            program.restart("thread_hung")
+            program.restart(kinds.RestartReason.THREAD_HUNG)
 
     # -- liveness -----------------------------------------------------------------------------
 
@@ -708,12 +695,11 @@ class Supervisor:
             log.warning("liveness probe of %s failed (%d/%d): %s", program.name,
                         watch.liveness.consecutive_failures, settings.failures, detail)
         if hang.liveness_failed(watch.liveness, settings.failures):
-            self.emit("liveness_failed", program.name,
+            self.emit(kinds.LivenessFailed(detail=detail), program.name,
                       f"{program.name} failed {settings.failures} liveness probes "
-                      f"({detail}), restarting",
-                      {"detail": detail, "reason": "liveness"})
+                      f"({detail}), restarting")
             watch.liveness = hang.Liveness()
-            program.restart("liveness")
+            program.restart(kinds.RestartReason.LIVENESS)
 
     async def probe(self, program: Program) -> tuple[bool, str]:
         settings = program.config.liveness
@@ -777,7 +763,7 @@ class Supervisor:
         except ConfigError as error:
             message = f"config reload failed, keeping the old one: {error}"
             if not dry_run:
-                self.emit("reload_failed", None, message)
+                self.emit(kinds.ReloadFailed(), None, message)
             raise ReloadError(message) from None
         old = self.config
         # entrypoint.py leaves ssl out (a None entry) when nothing needs it; absent, it
@@ -792,8 +778,8 @@ class Supervisor:
         for hook in self.reload_hooks:
             errors.update(hook(old, plan))
         plan = plan.failed(errors)
-        self.emit("reloaded", None, f"config reloaded: {plan.summary()}",
-                  {"changes": [change.describe() for change in plan.changes]})
+        self.emit(kinds.Reloaded(changes=[change.describe() for change in plan.changes]),
+                  None, f"config reloaded: {plan.summary()}")
         return plan
 
     def _apply_to_programs(self, plan: ReloadPlan) -> None:
@@ -818,7 +804,7 @@ class Supervisor:
                 self._watch(program)
             if change.action == "restart" and program.state in (
                     State.STARTING, State.RUNNING, State.BACKOFF):
-                program.restart("config_changed")
+                program.restart(kinds.RestartReason.CONFIG_CHANGED)
 
     def _remove(self, program: Program) -> None:
         """Stop it; it stays listed (STOPPING) until it has exited, then is forgotten."""

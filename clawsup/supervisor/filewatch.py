@@ -11,9 +11,11 @@ watch can be set again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from clawsup.supervisor.inotify import (
+    DIRECTORY_GONE,
     IN_ATTRIB,
     IN_CLOSE_WRITE,
     IN_CREATE,
@@ -23,8 +25,10 @@ from clawsup.supervisor.inotify import (
     IN_MOVED_TO,
     IN_ONLYDIR,
     IN_Q_OVERFLOW,
-    IN_UNMOUNT,
-    Inotify,
+    Dispatcher,
+    InotifyEvent,
+    Watcher,
+    open_watcher,
 )
 
 log = logging.getLogger("clawsup")
@@ -33,7 +37,6 @@ log = logging.getLogger("clawsup")
 # directory itself goes away.
 _MASK = (IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF
          | IN_MOVE_SELF | IN_ONLYDIR)
-_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 
 
 class FileWatch:
@@ -42,9 +45,15 @@ class FileWatch:
     A directory that does not exist yet (an ops inbox no skill has created, say) is
     waited for through a watch on its nearest existing ancestor, so its creation is an
     event too; only where no watch can be set at all does the supervisor poll.
+    ``watches``: an inotify dispatcher to share (the janitor's); by default it has one of
+    its own. On a shared one, another watcher's dispatch may drain this one's events:
+    they are kept, and the next ``on_readable()`` returns them, so whoever dispatches
+    calls it after each dispatch.
     """
 
-    def __init__(self, restart_flag: Path | None, ops_requests: Path | None) -> None:
+    def __init__(
+        self, restart_flag: Path | None, ops_requests: Path | None, watches: Dispatcher | None = None
+    ) -> None:
         # directory -> the one name that matters in it, or None for any name.
         self._interest: dict[Path, str | None] = {}
         if restart_flag is not None:
@@ -53,17 +62,19 @@ class FileWatch:
             self._interest[ops_requests] = None  # also when it is the flag's directory
         self._by_wd: dict[int, Path] = {}  # the directories and ancestors watched
         self._complete = not self._interest  # as of the last refresh()
-        self._inotify: Inotify | None = None
+        # What the events dispatched since the last on_readable() said.
+        self._relevant = self._refresh_due = False
+        self._watcher: Watcher | None = None
         if self._interest:
             try:
-                self._inotify = Inotify()
+                self._watcher = open_watcher(self._on_events, watches)
             except OSError as error:
                 log.warning("cannot watch the restart flag and ops requests (%s); looking "
                             "for them every janitor interval", error.strerror)
         self.refresh()
 
     def fileno(self) -> int | None:
-        return None if self._inotify is None else self._inotify.fileno()
+        return None if self._watcher is None else self._watcher.fileno()
 
     @property
     def complete(self) -> bool:
@@ -73,7 +84,7 @@ class FileWatch:
 
     def refresh(self) -> bool:
         """Watch what is not watched yet, drop ancestors no longer needed; ``complete``."""
-        if self._inotify is None:
+        if self._watcher is None:
             return self._complete
         wanted: set[Path] = set()
         complete = True
@@ -89,16 +100,16 @@ class FileWatch:
         for wd, path in list(self._by_wd.items()):
             if path not in wanted:
                 del self._by_wd[wd]
-                self._inotify.remove_watch(wd)
+                self._watcher.remove_watch(wd)
         self._complete = complete
         return complete
 
     def _watch(self, directory: Path) -> bool:
-        assert self._inotify is not None
+        assert self._watcher is not None
         if directory in self._by_wd.values():
             return True
         try:
-            wd = self._inotify.add_watch(str(directory), _MASK)
+            wd = self._watcher.add_watch(str(directory), _MASK)
         except OSError:
             return False  # not there (yet), not a directory, or not ours to read
         # The same inode under two names (a symlink) gives the same wd: one entry.
@@ -115,23 +126,32 @@ class FileWatch:
 
     def on_readable(self) -> bool:
         """Drain the events; True when one may be a flag or a request."""
-        if self._inotify is None:
+        if self._watcher is None:
             return False
+        self._watcher.dispatch()
+        relevant, refresh = self._relevant, self._refresh_due
+        self._relevant = self._refresh_due = False
+        if refresh:
+            self.refresh()
+        return relevant
+
+    def _on_events(self, events: Sequence[InotifyEvent]) -> None:
+        assert self._watcher is not None
         relevant = refresh = False
-        for event in self._inotify.read_events():
+        for event in events:
             if event.mask & IN_Q_OVERFLOW:
                 relevant = refresh = True  # events were lost: look
                 continue
             directory = self._by_wd.get(event.wd)
             if directory is None:
                 continue
-            if event.mask & _GONE:
+            if event.mask & DIRECTORY_GONE:
                 # Removed or renamed away (the watch would follow the old inode): the
                 # next look finds out what is there now, and the refresh watches the new
                 # directory, or the ancestor it will be created in.
                 del self._by_wd[event.wd]
                 if not event.mask & IN_IGNORED:
-                    self._inotify.remove_watch(event.wd)
+                    self._watcher.remove_watch(event.wd)
                 relevant = refresh = True
                 continue
             if directory in self._interest:
@@ -144,12 +164,11 @@ class FileWatch:
                 # A step on the way to a directory that was missing: watch it now. What
                 # was put in it before the watch is found by the look this triggers.
                 relevant = refresh = True
-        if refresh:
-            self.refresh()
-        return relevant
+        self._relevant |= relevant
+        self._refresh_due |= refresh
 
     def close(self) -> None:
-        if self._inotify is not None:
-            self._inotify.close()
-            self._inotify = None
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
         self._by_wd.clear()

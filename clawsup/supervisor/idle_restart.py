@@ -29,9 +29,6 @@ MAX_MAX_WAIT = 86400.0
 # While a restart is pending, the locks are looked at this often: the restart follows
 # the end of the turn within about this long.
 CHECK_INTERVAL = 1.0
-# The restart reason clawsup records: an internal value, never the client's free text,
-# which could otherwise pass for a reason that counts as a failure ("hung").
-REASON = "requested_when_idle"
 
 
 class Verdict(enum.Enum):

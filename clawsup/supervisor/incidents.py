@@ -25,7 +25,7 @@ from pathlib import Path
 import msgspec
 
 from clawsup.protocol import Event, Incident, IncidentsReply
-from clawsup.supervisor.kinds import INCIDENT_KINDS
+from clawsup.supervisor.kinds import INCIDENT_KINDS, ExitCause, Exited, payload_of
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ def is_incident(event: Event) -> bool:
     """A recovery worth counting. An exit is one only when the program crashed: exits
     that clawsup caused (a hang, a liveness failure... ) have their own incident, and
     those an operator asked for (restart, restart.flag, ops requests) are none."""
-    if event.kind == "exited":
-        return event.data.get("reason") == "crashed"
+    payload = payload_of(event)
+    if isinstance(payload, Exited):
+        return payload.cause is ExitCause.CRASHED
     return event.kind in INCIDENT_KINDS
 
 

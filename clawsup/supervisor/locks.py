@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeGuard
 
+from clawsup.supervisor import procinfo
+
 TRANSCRIPT_LOCK_SUFFIX = ".jsonl.lock"
 INDEX_LOCK_NAME = "sessions.json.lock"
 
@@ -144,21 +146,14 @@ def probe_owner(pid: int, boot_time: float) -> OwnerProcess | None:
     per sweep by the caller: with it the start time is exactly psutil's ``create_time()``.
     A zombie has exited and holds nothing any more, even before its parent reaps it.
     """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            raw = handle.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    stat = procinfo.read_stat(pid)
+    if stat is None or stat.state in ("Z", "X"):
         return None
-    # The command name is in parentheses and may itself contain ") " or spaces.
-    fields = raw[raw.rfind(b")") + 2 :].split()
-    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
-        return None
-    starttime = int(fields[19])
     return OwnerProcess(
         pid=pid,
-        ppid=int(fields[1]),
-        starttime=starttime,
-        create_time=boot_time + starttime / _CLOCK_TICKS,
+        ppid=stat.ppid,
+        starttime=stat.starttime,
+        create_time=boot_time + stat.starttime / _CLOCK_TICKS,
     )
 
 

@@ -23,6 +23,26 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_htt
 from clawsup import __version__
 from clawsup.protocol import BreakerStatus, Event, ProgramStatus
 from clawsup.supervisor.config import MetricsConfig, parse_listen
+from clawsup.supervisor.kinds import (
+    ArchivePurged,
+    BreakerChange,
+    BreakerClosed,
+    BreakerHalfOpen,
+    BreakerOpen,
+    CrashLoop,
+    Exited,
+    Hung,
+    LivenessFailed,
+    MessageTimeout,
+    OrphanLock,
+    Reaped,
+    ResourceLimit,
+    Restarted,
+    SessionArchived,
+    Unkillable,
+    ZombieLeak,
+    payload_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +52,6 @@ BREAKER_STATES = ("closed", "open", "half_open")
 
 class MetricsError(Exception):
     """The metrics endpoint cannot be served (bad address, port taken)."""
-
-
-def _count(event: Event) -> int:
-    count = event.data.get("count", 1)
-    if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
-        return count
-    return 1
-
-
-def _label(value: object, default: str = "unknown") -> str:
-    # Free text in a label would make a new time series per message; keep it short.
-    return value[:64] if isinstance(value, str) and value else default
 
 
 class Metrics:
@@ -165,49 +173,46 @@ class Metrics:
     # -- feeding ---------------------------------------------------------------------------
 
     def observe(self, event: Event) -> None:
-        """Event sink: move the counters."""
-        kind = event.kind
+        """Event sink: move the counters. Labels come from the payload's enums and
+        programs' names only: a client's free text never makes a time series."""
         program = event.program or ""
-        self.events.labels(kind=kind).inc()
-        if kind == "restarted":
-            reason = _label(event.data.get("reason"))
-            self.restarts.labels(program=program, reason=reason).inc()
-        elif kind == "exited":
-            self.exits.labels(program=program, reason=_label(event.data.get("reason"))).inc()
-        elif kind == "hung":
-            self.hangs.labels(program=program).inc()
-        elif kind == "unkillable":
-            self.unkillable.labels(program=program).inc()
-        elif kind == "crash_loop":
-            self.crash_loops.labels(program=program).inc()
-        elif kind == "zombie_leak":
-            self.zombie_leaks.labels(program=program).inc()
-        elif kind == "reaped":
-            self.zombies_reaped.inc(_count(event))
-        elif kind == "resource_limit":
-            self.resource_limits.labels(program=program,
-                                        resource=_label(event.data.get("resource"))).inc()
-        elif kind == "liveness_failed":
-            self.liveness_failures.labels(program=program).inc()
-        elif kind == "message_timeout":
-            self.message_timeouts.labels(program=program).inc()
-        elif kind == "orphan_lock":
-            self.locks_removed.inc(_count(event))
-        elif kind == "session_archived":
-            self.sessions_archived.inc(_count(event))
-        elif kind == "archive_purged":
-            self.archives_purged.inc(_count(event))
-        elif kind in ("breaker_open", "breaker_half_open", "breaker_closed"):
-            self._observe_breaker(event)
+        self.events.labels(kind=event.kind).inc()
+        match payload_of(event):
+            case Restarted(reason=reason):
+                self.restarts.labels(program=program, reason=reason.value).inc()
+            case Exited(cause=cause):
+                self.exits.labels(program=program, reason=cause.value).inc()
+            case Hung():
+                self.hangs.labels(program=program).inc()
+            case Unkillable():
+                self.unkillable.labels(program=program).inc()
+            case CrashLoop():
+                self.crash_loops.labels(program=program).inc()
+            case ZombieLeak():
+                self.zombie_leaks.labels(program=program).inc()
+            case Reaped(count=count):
+                self.zombies_reaped.inc(max(count, 0))
+            case ResourceLimit(resource=resource):
+                self.resource_limits.labels(program=program, resource=resource).inc()
+            case LivenessFailed():
+                self.liveness_failures.labels(program=program).inc()
+            case MessageTimeout():
+                self.message_timeouts.labels(program=program).inc()
+            case OrphanLock():
+                self.locks_removed.inc()
+            case SessionArchived():
+                self.sessions_archived.inc()
+            case ArchivePurged():
+                self.archives_purged.inc()
+            case BreakerOpen() | BreakerHalfOpen() | BreakerClosed() as change:
+                self._observe_breaker(change)
 
-    def _observe_breaker(self, event: Event) -> None:
-        model = event.data.get("model")
-        state = event.data.get("state")
-        if not isinstance(model, str) or state not in BREAKER_STATES:
+    def _observe_breaker(self, change: BreakerChange) -> None:
+        if change.model is None or change.state not in BREAKER_STATES:
             return
-        if event.kind == "breaker_open":
-            self.breaker_opens.labels(model=model).inc()
-        self._set_breaker_state(model, str(state))
+        if isinstance(change, BreakerOpen):
+            self.breaker_opens.labels(model=change.model).inc()
+        self._set_breaker_state(change.model, change.state)
 
     def update_breaker(self, status: BreakerStatus | None) -> None:
         """The breaker's status (None: no breaker); clears models no longer primary."""

@@ -92,7 +92,7 @@ import msgspec
 
 from clawsup.protocol import BAD_REQUEST
 from clawsup.supervisor.config import expand_path
-from clawsup.supervisor.settings import (
+from clawsup.supervisor.fileops import (
     fsync_directory,
     owner_for_new_files,
     read_small_file,

@@ -1,17 +1,22 @@
 """What /proc says about a process tree: run state, context switches, zombie descendants.
 
-Read straight from /proc rather than through psutil on the sampling path: a sample every
-second must cost next to nothing at idle, and these are three small files.
+The one place that reads and parses ``/proc/PID/stat`` (the sampler, the tree registry,
+a lock's owner check). Read straight from /proc rather than through psutil on the
+sampling path: a sample every second must cost next to nothing at idle, and these are
+three small files.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Collection
+from typing import NamedTuple
 
 # pid (7 digits at most), " (", the command name (15 bytes at most), ") " and the state
 # letter: the state is always within the first 27 bytes of /proc/PID/stat.
 _STATE_WITHIN = 64
+# The whole line: 52 numbers after a name of 64 bytes at most, in one read.
+_STAT_READ = 4096
 
 
 def _state_in(raw: bytes) -> str | None:
@@ -20,6 +25,52 @@ def _state_in(raw: bytes) -> str | None:
     # follows it is numbers only, so the last ")" closes it even in a cut-off read.
     at = raw.rfind(b")") + 2
     return chr(raw[at]) if 1 < at < len(raw) else None
+
+
+class ProcessStat(NamedTuple):
+    """The fields of a /proc/PID/stat line that clawsup reads."""
+
+    state: str  # R, S, D, Z, X...
+    ppid: int
+    pgid: int
+    sid: int
+    threads: int
+    starttime: int  # clock ticks after boot: with the pid, names one process for good
+    # CPU clock ticks of its own (utime, stime) and of the children it reaped (cutime,
+    # cstime); resident pages. What a program's tree uses (usage.py).
+    cpu_ticks: int
+    rss_pages: int
+
+
+def _fields_after_name(raw: bytes) -> list[bytes]:
+    # The command name may hold ") " or spaces: what follows the last ")" is numbers only.
+    return raw[raw.rfind(b")") + 2 :].split()
+
+
+def parse_stat(raw: bytes) -> ProcessStat | None:
+    """The text of a /proc/PID/stat file, parsed; None when it is cut short."""
+    fields = _fields_after_name(raw)
+    if len(fields) < 22:
+        return None
+    return ProcessStat(chr(fields[0][0]), int(fields[1]), int(fields[2]), int(fields[3]),
+                       int(fields[17]), int(fields[19]),
+                       int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14]),
+                       int(fields[21]))
+
+
+def read_stat(pid: int) -> ProcessStat | None:
+    """One read of ``/proc/PID/stat``; None when the process is gone (or not ours to read)."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    try:
+        raw = os.read(fd, _STAT_READ)
+    except OSError:  # ESRCH: it exited between open and read
+        return None
+    finally:
+        os.close(fd)
+    return parse_stat(raw)
 
 
 class StatReader:
@@ -57,7 +108,7 @@ class StatReader:
             raw = os.pread(self._fd, 1024, 0)
         except OSError:
             return None
-        fields = raw[raw.rfind(b")") + 2 :].split()
+        fields = _fields_after_name(raw)
         return int(fields[17]) if len(fields) > 17 else None
 
     def stat_line(self) -> bytes | None:

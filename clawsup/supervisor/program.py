@@ -18,7 +18,7 @@ import signal
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from clawsup.protocol import LastExit, LivenessState, ProgramStatus
 from clawsup.supervisor.backoff import (
@@ -28,15 +28,22 @@ from clawsup.supervisor.backoff import (
     with_jitter,
 )
 from clawsup.supervisor.config import ProgramConfig
+from clawsup.supervisor.kinds import (
+    Backoff,
+    CrashLoop,
+    ExitCause,
+    Exited,
+    Payload,
+    Restarted,
+    RestartReason,
+    StateChanged,
+    Unkillable,
+    describe_reason,
+)
 
 # After SIGKILL a process normally vanishes at once; one still present after this long is
 # stuck in the kernel (D state on a dead NFS mount, a FUSE server that never answers...).
 KILL_TIMEOUT = 5.0
-
-# Restart reasons that are failures of the program, not requests: on exit they count
-# toward backoff and the crash-loop budget like a crash.
-HUNG = "hung"
-START_TIMEOUT = "start_timeout"
 
 
 class State(enum.Enum):
@@ -134,8 +141,7 @@ class Effects(Protocol):
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
 
-    def publish(self, program: Program, kind: str, message: str, data: dict[str, Any]) -> None:
-        ...
+    def publish(self, program: Program, payload: Payload, message: str) -> None: ...
 
     def transitioned(self, program: Program, old: State, new: State) -> None: ...
 
@@ -194,9 +200,13 @@ class Program:
     _next_start_at: float | None = None
     # Why we are stopping it (so its exit is attributed), and whether to start it again.
     _stop_reason: str = ""
-    _restart_reason: str | None = None
+    _restart_reason: RestartReason | None = None
+    _restart_detail: str = ""  # a client's free text, or what failed
     _crash_loop_trial: bool = False
-    _start_reason: str = "start"
+    _start_reason: str = "start"  # text, for the state event
+    # Why the next spawn restarts it (the restarted event): never a client's text.
+    _restarted_for: RestartReason = RestartReason.REQUESTED
+    _restarted_detail: str = ""
 
     # -- what the loop and the control socket read ----------------------------------------
 
@@ -271,21 +281,28 @@ class Program:
         self._stop_reason = reason
         self._send_stop_signal(T.STOP, reason)
 
-    def restart(self, reason: str = "manual") -> None:
+    def restart(self, reason: RestartReason = RestartReason.REQUESTED, detail: str = "") -> None:
+        """Stop it and start it again. ``detail`` is free text (a client's, say) carried
+        beside the reason: only ``reason`` decides what the restart counts as."""
         if (self.state, T.RESTART) not in TRANSITIONS:
             return
+        text = describe_reason(reason, detail)
         if self.state in (State.STARTING, State.RUNNING):
-            self._restart_reason = reason
-            self._stop_reason = reason
-            self._send_stop_signal(T.RESTART, f"restarting: {reason}")
+            self._restart_reason, self._restart_detail = reason, detail
+            self._stop_reason = text
+            self._send_stop_signal(T.RESTART, f"restarting: {text}")
         elif self.state is State.STOPPING:
-            self._restart_reason = reason
-            self._transition(State.STOPPING, T.RESTART, f"will start again: {reason}")
+            self._restart_reason, self._restart_detail = reason, detail
+            self._transition(State.STOPPING, T.RESTART, f"will start again: {text}")
         else:
             self._quick_failures = 0
             self._restart_times.clear()
-            self._start_reason = reason
+            self._restarting_for(reason, detail)
             self._spawn(T.RESTART)
+
+    def _restarting_for(self, reason: RestartReason, detail: str = "") -> None:
+        self._start_reason = describe_reason(reason, detail)
+        self._restarted_for, self._restarted_detail = reason, detail
 
     def hurry(self) -> None:
         """Stopping and the operator will not wait (a second stop signal): do now what
@@ -299,7 +316,7 @@ class Program:
         if (self.state, T.HUNG) not in TRANSITIONS:
             return
         self.hung = True
-        self._restart_reason = HUNG
+        self._restart_reason, self._restart_detail = RestartReason.HUNG, ""
         self._stop_reason = f"hung ({description})"
         self.effects.kill(self, signal.SIGKILL)
         self._transition(State.STOPPING, T.HUNG, f"hung ({description}), sent SIGKILL")
@@ -311,14 +328,14 @@ class Program:
             return
         self._handle_exit(status, self._run)
 
-    def _publish_exit(self, pid: int, restart: bool) -> None:
+    def _publish_exit(self, pid: int, restart: bool, cause: ExitCause) -> None:
         """The "exited" event, before whatever the exit leads to (a respawn...)."""
         last = self.last_exit
         assert last is not None
         self.effects.publish(
-            self, "exited", f"{self.name} (pid {pid}) exited: {last.describe()}",
-            {"pid": pid, "code": last.code, "signal": last.signal, "reason": last.reason,
-             "restart": restart},
+            self, Exited(pid=pid, code=last.code, signal=last.signal, reason=last.reason,
+                         restart=restart, cause=cause),
+            f"{self.name} (pid {pid}) exited: {last.describe()}",
         )
 
     def _handle_exit(self, status: int, run: _Run) -> None:
@@ -335,37 +352,38 @@ class Program:
                 reason += "; finally exited after being unkillable"
             self.last_exit = LastExit(code=code, signal=signame, reason=reason, at=self.clock.time())
             # A failed start stays down where a crash would (autorestart = "never").
-            stays_down = (self._restart_reason == START_TIMEOUT
+            stays_down = (self._restart_reason is RestartReason.START_TIMEOUT
                           and self.config.autorestart == "never")
-            self._publish_exit(run.pid, restart=self._restart_reason is not None and not stays_down)
+            self._publish_exit(run.pid, restart=self._restart_reason is not None and not stays_down,
+                               cause=ExitCause.STOPPED)
             if self._restart_reason is None:
                 self._transition(State.STOPPED, T.EXITED, f"stopped ({self.last_exit.describe()})")
                 return
             restart_reason, self._restart_reason = self._restart_reason, None
-            self._start_reason = restart_reason
+            self._restarting_for(restart_reason, self._restart_detail)
             if stays_down:
                 self._transition(State.EXITED, T.EXITED, f"{reason}; autorestart is never")
-            elif restart_reason == HUNG:
+            elif restart_reason is RestartReason.HUNG:
                 # A hang is a failure: it counts toward the crash-loop budget.
                 self._quick_failures = next_quick_failures(
                     self._quick_failures, run_seconds, self.config.backoff.reset_after
                 )
-                self._after_failure(T.EXITED, run_seconds, HUNG)  # counts the restart
-            elif restart_reason == START_TIMEOUT:
+                self._after_failure(T.EXITED, run_seconds, RestartReason.HUNG)  # counts it
+            elif restart_reason is RestartReason.START_TIMEOUT:
                 # It never served: a quick failure however long the wait was.
                 self._quick_failures += 1
-                self._after_failure(T.EXITED, run_seconds, START_TIMEOUT)
+                self._after_failure(T.EXITED, run_seconds, RestartReason.START_TIMEOUT)
             else:
                 self.restarts += 1
                 self._spawn(T.EXITED)
             return
 
         expected = code is not None and code in self.config.exit_codes
-        reason = "exited" if expected else "crashed"
-        self.last_exit = LastExit(code=code, signal=signame, reason=reason, at=self.clock.time())
+        cause = ExitCause.EXITED if expected else ExitCause.CRASHED
+        self.last_exit = LastExit(code=code, signal=signame, reason=cause.value, at=self.clock.time())
         policy = self.config.autorestart
         stays_down = policy == "never" or (policy == "on-failure" and expected)
-        self._publish_exit(run.pid, restart=not stays_down)
+        self._publish_exit(run.pid, restart=not stays_down, cause=cause)
         if stays_down:
             self._transition(State.EXITED, T.EXITED, self.last_exit.describe())
             return
@@ -377,7 +395,8 @@ class Program:
             self._quick_failures = next_quick_failures(
                 self._quick_failures, run_seconds, self.config.backoff.reset_after
             )
-        self._after_failure(T.EXITED, run_seconds, reason)
+        self._after_failure(T.EXITED, run_seconds,
+                            RestartReason.EXITED if expected else RestartReason.CRASHED)
 
     def ready(self, detail: str = "liveness probe passed") -> None:
         """Its liveness probe passed for the first time since the spawn: it serves."""
@@ -396,7 +415,7 @@ class Program:
         if self.config.autorestart == "never":
             self._transition(State.EXITED, T.SPAWN_FAILED, self.last_exit.reason)
             return
-        self._after_failure(T.SPAWN_FAILED, 0.0, self.last_exit.reason)
+        self._after_failure(T.SPAWN_FAILED, 0.0, RestartReason.SPAWN_FAILED, error)
 
     def _on_timer(self, token: int, trigger: Trigger) -> None:
         if token != self._timer_token or (self.state, trigger) not in TRANSITIONS:
@@ -419,7 +438,7 @@ class Program:
             why = (f"start_timeout: not serving {self.config.liveness.start_timeout:g}s after "
                    "the spawn (no liveness probe passed)" if self.config.liveness is not None
                    else "start_timeout")
-            self._restart_reason = START_TIMEOUT
+            self._restart_reason, self._restart_detail = RestartReason.START_TIMEOUT, ""
             self._stop_reason = why
             self._send_stop_signal(trigger, why)
         elif trigger is T.STOP_TIMEOUT:
@@ -430,10 +449,9 @@ class Program:
             self.unkillable = True
             self._transition(State.STOPPING, trigger, "still present after SIGKILL (unkillable)")
             self.effects.publish(
-                self, "unkillable",
+                self, Unkillable(pid=self.pid),
                 f"{self.name} is still present {KILL_TIMEOUT:g}s after SIGKILL "
                 "(stuck in the kernel); it is not stopped",
-                {"pid": self.pid},
             )
 
     # -- the steps -----------------------------------------------------------------------------
@@ -443,7 +461,8 @@ class Program:
         self._transition(State.STOPPING, trigger, reason)
         self._set_timer(KILL_TIMEOUT, T.KILL_TIMEOUT)
 
-    def _after_failure(self, trigger: Trigger, run_seconds: float, reason: str) -> None:
+    def _after_failure(self, trigger: Trigger, run_seconds: float, reason: RestartReason,
+                       detail: str = "") -> None:
         now = self.clock.monotonic()
         crash_loop = self.config.crash_loop
         if self._crash_loop_trial or is_crash_loop(
@@ -457,9 +476,8 @@ class Program:
                 f"{crash_loop.window:g}s, next try in {crash_loop.cooldown:g}s",
             )
             self.effects.publish(
-                self, "crash_loop",
+                self, CrashLoop(cooldown=crash_loop.cooldown, reason=reason, detail=detail),
                 f"{self.name} is in a crash loop, giving up for {crash_loop.cooldown:g}s",
-                {"cooldown": crash_loop.cooldown, "reason": reason},
             )
             self._set_timer(crash_loop.cooldown, T.COOLDOWN_ELAPSED)
             return
@@ -470,15 +488,17 @@ class Program:
             backoff_delay(self._quick_failures, backoff.initial, backoff.factor, backoff.max),
             backoff.jitter, self.effects.random(), backoff.max,
         )
-        self._start_reason = reason
+        self._restarting_for(reason, detail)
         if delay <= 0.0:
             self._spawn(trigger)
             return
         self._next_start_at = now + delay
-        self._transition(State.BACKOFF, trigger, f"{reason}, restarting in {delay:.3f}s")
+        self._transition(State.BACKOFF, trigger,
+                         f"{self._start_reason}, restarting in {delay:.3f}s")
         self.effects.publish(
-            self, "backoff", f"{self.name} restarts in {delay:.3f}s",
-            {"delay": delay, "reason": reason, "quick_failures": self._quick_failures},
+            self, Backoff(delay=delay, reason=reason, quick_failures=self._quick_failures,
+                          detail=detail),
+            f"{self.name} restarts in {delay:.3f}s",
         )
         self._set_timer(delay, T.BACKOFF_ELAPSED)
 
@@ -495,8 +515,8 @@ class Program:
         self.hung = False
         if self.last_exit is not None and trigger is not T.START:
             self.effects.publish(
-                self, "restarted", f"{self.name} restarted as pid {pid} ({self._start_reason})",
-                {"pid": pid, "reason": self._start_reason},
+                self, Restarted(pid=pid, reason=self._restarted_for, detail=self._restarted_detail),
+                f"{self.name} restarted as pid {pid} ({self._start_reason})",
             )
         self._transition(State.STARTING, trigger, f"spawned pid {pid} ({self._start_reason})")
         liveness = self.config.liveness
@@ -546,7 +566,7 @@ class Program:
         self.state_since = self.clock.monotonic()
         change = f"still {new.value}" if old is new else f"{old.value} -> {new.value}"
         self.effects.publish(
-            self, "state", f"{self.name}: {change} ({reason})",
-            {"from": old.value, "to": new.value, "trigger": trigger.value, "reason": reason},
+            self, StateChanged(old=old.value, to=new.value, trigger=trigger.value, reason=reason),
+            f"{self.name}: {change} ({reason})",
         )
         self.effects.transitioned(self, old, new)

@@ -101,10 +101,6 @@ class Verdict:
         return (f"{program} used {self.value:.0f}% CPU, over max_cpu {self.limit:g}% for "
                 f"{self.seconds:.1f}s, restarting")
 
-    def data(self, pid: int) -> dict[str, object]:
-        return {"resource": self.resource, "value": self.value, "limit": self.limit,
-                "seconds": round(self.seconds, 3), "samples": self.samples, "pid": pid,
-                "reason": "resource_limit"}
 
 
 def judge(judgement: Judgement, usage: Usage, limits: Limits, *,

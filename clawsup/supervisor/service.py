@@ -31,6 +31,7 @@ from clawsup.supervisor.daemon import ComponentError, Supervisor
 from clawsup.supervisor.filewatch import FileWatch
 from clawsup.supervisor.incidents import IncidentLog
 from clawsup.supervisor.janitor import Janitor, SweepReport
+from clawsup.supervisor.kinds import ExitCause, Exited, RestartReason, StateChanged, payload_of
 from clawsup.supervisor.message_timeout import MessageTimeoutWatch
 from clawsup.supervisor.program import Program, State
 from clawsup.supervisor.reload import ReloadPlan
@@ -433,14 +434,13 @@ class Service:
         supervisor = self.supervisor
         for finding in report.findings():
             # The janitor logged its own line (the watchdog's wording); don't log twice.
-            supervisor.emit(finding.kind, finding.program, finding.message,
-                            finding.event_data(), logged=True)
+            supervisor.emit(finding.payload(), finding.program, finding.message, logged=True)
         for stuck in report.stuck:
             if stuck.program is None or stuck.program not in supervisor.programs:
                 continue
             log.warning("restarting %s: a message has held %s for %.0fs", stuck.program,
                         stuck.path, stuck.held_for)
-            supervisor.programs[stuck.program].restart("message_timeout")
+            supervisor.programs[stuck.program].restart(RestartReason.MESSAGE_TIMEOUT)
             if self.controller is not None:
                 self.controller.record_model_failure("message_timeout")
 
@@ -449,18 +449,20 @@ class Service:
     def _on_event(self, event: Event) -> None:
         supervisor = self.supervisor
         main = supervisor.main
-        crashed = (event.kind == "exited" and event.program == main.name
-                   and event.data.get("restart") and event.data.get("reason") == "crashed")
-        if crashed and self.controller is not None:
-            self.controller.record_model_failure("crash")
-        if event.kind == "state" and event.program == main.name:
-            to = event.data.get("to")
-            if to == State.RUNNING.value and not self._ready_sent:
-                self._ready_sent = True
-                self.notifier.ready(f"{main.name} is RUNNING")
-            else:
-                self.notifier.status(event.message)
-        if self.metrics is not None and event.kind in ("state", "exited"):
+        payload = payload_of(event)
+        if not isinstance(payload, (StateChanged, Exited)):
+            return
+        if event.program == main.name:
+            match payload:
+                case Exited(restart=True, cause=ExitCause.CRASHED):
+                    if self.controller is not None:
+                        self.controller.record_model_failure("crash")
+                case StateChanged(to=State.RUNNING.value) if not self._ready_sent:
+                    self._ready_sent = True
+                    self.notifier.ready(f"{main.name} is RUNNING")
+                case StateChanged():
+                    self.notifier.status(event.message)
+        if self.metrics is not None:
             self.metrics.update_programs(supervisor.statuses())
 
     def _tick(self) -> None:

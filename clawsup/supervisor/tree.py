@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, Protocol
 
 from clawsup.supervisor import procinfo
 from clawsup.supervisor.usage import TreeSnapshot
@@ -75,33 +75,8 @@ class TimerHandle(Protocol):
 CallLater = Callable[[float, Callable[[], None]], TimerHandle]
 
 
-class _Stat(NamedTuple):
-    state: str
-    pgid: int
-    sid: int
-    start: int  # clock ticks after boot: with the pid, names one process for good
-
-
-def _stat(pid: int) -> _Stat | None:
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    try:
-        raw = os.read(fd, 1024)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    # The command name may hold ") ": what follows the last ")" is numbers only.
-    fields = raw[raw.rfind(b")") + 2:].split()
-    if len(fields) < 20:
-        return None
-    return _Stat(chr(fields[0][0]), int(fields[2]), int(fields[3]), int(fields[19]))
-
-
 def _alive(pid: int) -> bool:
-    stat = _stat(pid)
+    stat = procinfo.read_stat(pid)
     return stat is not None and stat.state not in "ZX"
 
 
@@ -311,18 +286,18 @@ class _Registry:
         # say nothing about who owns a process.
         ours = {os.getpgid(0), os.getsid(0)}
         for pid in pids:
-            stat = _stat(pid)
+            stat = procinfo.read_stat(pid)
             if stat is None or stat.state in "ZX":
                 continue
-            self.owners[(pid, stat.start)] = program
+            self.owners[(pid, stat.starttime)] = program
             self.groups.setdefault(program, set()).update({stat.pgid, stat.sid} - ours)
 
     def members(self, program: str) -> list[int]:
         """Walk the program's tree again from what is known of it; record what is new."""
         roots: list[int] = []
         for (pid, start), owner in list(self.owners.items()):
-            stat = _stat(pid)
-            if stat is None or stat.start != start or stat.state in "ZX":
+            stat = procinfo.read_stat(pid)
+            if stat is None or stat.starttime != start or stat.state in "ZX":
                 del self.owners[(pid, start)]
             elif owner == program:
                 roots.append(pid)
@@ -332,7 +307,7 @@ class _Registry:
         groups = self.groups.get(program, set())
         known = {pid for pid, _ in self.owners}
         for pid in procinfo.children(os.getpid()):
-            stat = _stat(pid)
+            stat = procinfo.read_stat(pid)
             if pid in known or stat is None:
                 continue
             if stat.pgid in groups or stat.sid in groups or _marked(pid) == program:
@@ -400,14 +375,14 @@ def _send_checked(pid: int, start: int, signum: int) -> None:
             raise
         # Linux < 5.3: no pidfds. Check, then kill: the pid would have to be reused in
         # the microseconds between the two.
-        stat = _stat(pid)
-        if stat is not None and stat.start == start:
+        stat = procinfo.read_stat(pid)
+        if stat is not None and stat.starttime == start:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
         return
     try:
-        stat = _stat(pid)
-        if stat is None or stat.start != start:
+        stat = procinfo.read_stat(pid)
+        if stat is None or stat.starttime != start:
             return
         signal.pidfd_send_signal(pidfd, signum)
     except ProcessLookupError:

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from clawsup.supervisor.procinfo import StatReader
+from clawsup.supervisor.procinfo import ProcessStat, StatReader, parse_stat
 from clawsup.supervisor.resources import Usage
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -52,19 +52,6 @@ class TreeSnapshot:
     # (pid, start time in clock ticks after boot): the registry's members (registry mode)
     members: tuple[tuple[int, int], ...]
     cgroup: str | None  # the program's cgroup directory (cgroup mode): its cgroup.procs
-
-
-class _Stat:
-    __slots__ = ("rss", "start", "state", "ticks")
-
-    def __init__(self, raw: bytes) -> None:
-        # After the command name (which may hold ") "), the state and then numbers only.
-        fields = raw[raw.rfind(b")") + 2:].split()
-        self.state = fields[0]
-        # Its own time and that of the children it reaped (utime, stime, cutime, cstime).
-        self.ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-        self.start = int(fields[19])
-        self.rss = int(fields[21]) * _PAGE_SIZE
 
 
 def _pread_all(fd: int) -> bytes | None:
@@ -144,9 +131,8 @@ class TreeUsage:
         main_raw = self._main.stat_line()
         if main_raw is None:
             return None
-        try:
-            main = _Stat(main_raw)
-        except (ValueError, IndexError):
+        main = parse_stat(main_raw)
+        if main is None:
             return None
         snapshot = self._snapshot()
         walked = set(walked)
@@ -158,21 +144,18 @@ class TreeUsage:
             paths.add(procs)
             for word in (self._files.read(procs) or b"").split():
                 wanted.setdefault(int(word))
-        stats = {(self._main.pid, main.start): main}
+        stats = {(self._main.pid, main.starttime): main}
         zombies = 0
         for pid, start in wanted.items():
             if pid == self._main.pid:
                 continue
             path = f"/proc/{pid}/stat"
             raw = self._files.read(path)
-            try:
-                stat = None if raw is None else _Stat(raw)
-            except (ValueError, IndexError):
-                stat = None
-            if stat is not None and (start is None or stat.start == start):
-                stats[(pid, stat.start)] = stat
+            stat = None if raw is None else parse_stat(raw)
+            if stat is not None and (start is None or stat.starttime == start):
+                stats[(pid, stat.starttime)] = stat
                 paths.add(path)
-                zombies += stat.state == b"Z" and pid in walked
+                zombies += stat.state == "Z" and pid in walked
         self._files.keep(paths)
         self.zombies = zombies
         cpu_seconds = self._cpu_seconds(stats)
@@ -180,10 +163,10 @@ class TreeUsage:
         cpu_percent = None
         if last_at is not None and cpu_seconds is not None and at > last_at:
             cpu_percent = round(100.0 * cpu_seconds / (at - last_at), 1)
-        return Usage(pid=self._main.pid, at=at, rss=sum(s.rss for s in stats.values()),
+        return Usage(pid=self._main.pid, at=at, rss=_PAGE_SIZE * sum(s.rss_pages for s in stats.values()),
                      cpu_percent=cpu_percent, since=last_at)
 
-    def _cpu_seconds(self, stats: dict[tuple[int, int], _Stat]) -> float | None:
+    def _cpu_seconds(self, stats: dict[tuple[int, int], ProcessStat]) -> float | None:
         """CPU seconds the tree used since the last read; None on the first."""
         boot_ticks = time.clock_gettime(time.CLOCK_BOOTTIME) * _CLOCK_TICKS
         first = self._last_at is None
@@ -195,12 +178,12 @@ class TreeUsage:
                 # New since the last read: all its time is since then if it started
                 # since; one found late (re-parented, seen by the registry only now) has
                 # a past this read cannot place, and counts from here on.
-                before = 0 if stat.start >= self._last_boot_ticks else stat.ticks
-            ticks += max(0, stat.ticks - before)
+                before = 0 if stat.starttime >= self._last_boot_ticks else stat.cpu_ticks
+            ticks += max(0, stat.cpu_ticks - before)
         # A member that exited since was reaped by its parent, whose children's time
         # (cutime, cstime) now holds all of the member's: what the last reads counted of
         # it is in there again. (One reaped by clawsup, re-parented, loses that much.)
         ticks = max(0, ticks - sum(gone.values()))
-        self._last_ticks = {key: stat.ticks for key, stat in stats.items()}
+        self._last_ticks = {key: stat.cpu_ticks for key, stat in stats.items()}
         self._last_boot_ticks = boot_ticks
         return None if first else ticks / _CLOCK_TICKS
