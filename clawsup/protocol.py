@@ -186,6 +186,10 @@ class ProgramStatus(msgspec.Struct, frozen=True, kw_only=True):
     # A thread other than the main one stuck in D ("thread 12 (libuv-worker) in D...").
     stuck_thread: str = ""
     processes: int = 0  # live processes of its whole tree (0 in old supervisors' replies)
+    # What its whole tree uses, at the sampler's last reading; None while it does not run
+    # (or before the first reading, or with no sampler: hang.enabled = false).
+    rss: int | None = None  # bytes resident
+    cpu_percent: float | None = None  # percent of one core since the reading before
 
 
 class StatusReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -370,6 +374,7 @@ class EventKind(StrEnum):
     THREAD_HUNG = "thread_hung"
     ZOMBIE_LEAK = "zombie_leak"
     LIVENESS_FAILED = "liveness_failed"
+    RESOURCE_LIMIT = "resource_limit"
     REAPED = "reaped"
     LOG = "log"
     ORPHAN_LOCK = "orphan_lock"

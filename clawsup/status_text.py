@@ -9,7 +9,7 @@ msgspec.
 
 from __future__ import annotations
 
-from clawsup.units import format_duration
+from clawsup.units import format_duration, format_size
 
 # typing.TYPE_CHECKING without importing typing (~4 ms of every `clawsupctl status`).
 TYPE_CHECKING = False
@@ -26,7 +26,8 @@ def describe_exit(code: int | None, signal: str | None, reason: str) -> str:
 
 def format_status(reply: Mapping[str, Any]) -> str:
     """The aligned table of a status reply, with model, zone and breaker below it."""
-    rows = [["NAME", "STATE", "PID", "PROCS", "UPTIME", "RESTARTS", "LAST EXIT"]]
+    rows = [["NAME", "STATE", "PID", "PROCS", "RSS", "CPU", "UPTIME", "RESTARTS",
+             "LAST EXIT"]]
     for program in reply["programs"]:
         rows.append(_program_row(program))
     lines = table(rows)
@@ -61,6 +62,9 @@ def _program_row(program: Mapping[str, Any]) -> list[str]:
         state,
         "-" if program["pid"] is None else str(program["pid"]),
         "-" if program["pid"] is None else str(program["processes"]),  # its whole tree
+        # Also its whole tree; absent from old supervisors' replies.
+        "-" if program.get("rss") is None else format_size(program["rss"]),
+        "-" if program.get("cpu_percent") is None else f"{program['cpu_percent']:.0f}%",
         "-" if program["uptime"] is None else format_duration(round(program["uptime"])),
         str(program["restarts"]),
         "-"

@@ -118,4 +118,4 @@ def format_size(size: int) -> str:
             if tenths >= 100 or tenths % 10 == 0:
                 return f"{-(-size // factor)}{unit}"
             return f"{tenths // 10}.{tenths % 10}{unit}"
-    return f"{size}B"
+    return f"{int(size)}B"  # int(): a Size formats through its repr, which calls this

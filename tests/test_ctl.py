@@ -58,8 +58,8 @@ def test_status_prints_an_aligned_table(server: ServerThread) -> None:
     result = ctl_at(server, "status")
     assert result.returncode == 0, result.stderr
     header, row, *rest = result.stdout.splitlines()
-    assert header.split() == ["NAME", "STATE", "PID", "PROCS", "UPTIME", "RESTARTS", "LAST",
-                              "EXIT"]
+    assert header.split() == ["NAME", "STATE", "PID", "PROCS", "RSS", "CPU", "UPTIME",
+                              "RESTARTS", "LAST", "EXIT"]
     assert row.split()[:6] == ["gateway", "*", "RUNNING", "4242", row.split()[4], row.split()[5]]
     # Columns line up: each value starts where its header does.
     for column in ("STATE", "PID", "PROCS", "RESTARTS"):

@@ -36,6 +36,7 @@ from clawsup.supervisor.config import Liveness
 from clawsup.supervisor.janitor import archive_name
 from clawsup.supervisor.kinds import CATALOGUE, EVENT_KINDS, INCIDENT_KINDS
 from clawsup.units import Duration, Size
+from tests.test_resources import ALLOCATES
 from tests.test_service import TRACER
 from tests.test_thread_hang import worker_in_d
 from tests.util import (
@@ -60,6 +61,7 @@ RAISED = {
     "thread_hung": "worker's second thread sleeps in D (vfork)",
     "zombie_leak": "leaker leaves 8 zombie children",
     "liveness_failed": "probed's exec probe fails once its file is removed",
+    "resource_limit": "hog holds 96 MiB, over its max_rss of 48 MiB",
     "reaped": "orphaner's grandchild is re-parented to clawsup and exits",
     "log": "crasher prints a line before it exits",
     "orphan_lock": "stuck's transcript lock outlives stuck",
@@ -329,6 +331,9 @@ def _config(tmp_path: Path, webhook: Webhook) -> Path:
         + _program("probed", SLEEPER,
                    f"[programs.probed.liveness]\nexec = [\"test\", \"-e\", \"{tmp_path}/alive\"]\n"
                    f"period = \"200ms\"\nfailures = 1\ntimeout = \"2s\"\n{delay}")
+        + _program("hog", ALLOCATES.format(marker=marker + "-hog"),
+                   "[programs.hog.hang]\nsample_interval = \"100ms\"\n"
+                   "[programs.hog.resources]\nmax_rss = \"48MB\"\n")
         + _program("traced", SLEEPER).replace('stop_timeout = "2s"', 'stop_timeout = "1s"')
         + _program("orphaner", ORPHANS)
         + _program("stuck", HOLDS_A_LOCK.format(
@@ -381,7 +386,7 @@ def test_every_event_kind_reaches_the_incident_log_the_event_socket_and_alerts(
                    interval=0.05, what="the SUB socket's first event")
 
         # Programs: each raises its kinds (RAISED says which).
-        for name in ("crasher", "hanger", "worker", "leaker", "probed", "traced",
+        for name in ("crasher", "hanger", "worker", "leaker", "hog", "probed", "traced",
                      "orphaner", "stuck"):
             client.start(name, wait=False)
         wait_until(lambda: _running(client, "probed"), 20, what="probed RUNNING")

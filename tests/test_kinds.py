@@ -39,6 +39,8 @@ SAMPLES: dict[EventKind, kinds.Payload] = {sample.kind: sample for sample in (
     kinds.Hung(state="D", seconds=10.0, pid=42),
     kinds.ThreadHung(tid=44, thread="libuv-worker", seconds=12.0, pid=42, restart=True),
     kinds.ZombieLeak(zombies=60),
+    kinds.ResourceLimit(resource="rss", value=2.0 * (1 << 30), limit=1.5 * (1 << 30),
+                        seconds=5.0, samples=2, pid=4242),
     kinds.LivenessFailed(detail="connection refused"),
     kinds.Reaped(count=3),
     kinds.Log(seq=7, ts=1.5, stream="stderr", pid=42, lines=["one", "two"]),
@@ -121,7 +123,7 @@ def test_an_unknown_kind_reads_as_none() -> None:
 def test_the_default_alert_kinds_are_those_the_catalogue_marks() -> None:
     assert set(AlertsConfig().events) == {
         "hung", "thread_hung", "fatal", "crash_loop", "message_timeout", "breaker_open",
-        "zombie_leak"}
+        "zombie_leak", "resource_limit"}
 
 
 def test_a_reason_reads_with_its_free_text_beside_it() -> None:

@@ -25,12 +25,9 @@ DASHBOARD = REPO / "deploy" / "grafana" / "clawsup.json"
 RULES = REPO / "deploy" / "prometheus" / "clawsup-rules.yml"
 RULES_TEST = REPO / "deploy" / "prometheus" / "clawsup-rules.test.yml"
 
-# PENDING_FROM_RESOURCES_BRANCH: the resources branch adds these (RSS and CPU gauges, and
-# the counter of restarts over a [programs.NAME.resources] limit, `_total` as exported).
-# The dashboard and the rules already use them; until they are exported here they are
-# left out of the check below and test_resource_metrics_are_exported is skipped.
-# The lead removes this set when that branch is merged.
-PENDING_FROM_RESOURCES_BRANCH = frozenset({
+# The RSS and CPU gauges, and the counter of restarts over a [programs.NAME.resources]
+# limit (`_total` as exported).
+RESOURCE_METRICS = frozenset({
     "clawsup_program_rss_bytes",
     "clawsup_program_cpu_percent",
     "clawsup_resource_limits_total",
@@ -59,7 +56,8 @@ def served() -> dict[str, set[str]]:
             metrics.observe(Event(ts=time.time(), kind=kind.value, program="gw",
                                   message="", data=as_data(payload)))
         metrics.update_programs([ProgramStatus(name="gw", state="RUNNING", pid=1,
-                                               restarts=0, uptime=1.0, last_exit=None)])
+                                               restarts=0, uptime=1.0, last_exit=None,
+                                               rss=1 << 20, cpu_percent=1.0)])
         metrics.update_breaker(BreakerStatus(state="open", model="m"))
         url = f"http://127.0.0.1:{metrics.port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -161,15 +159,13 @@ def test_dashboard_and_rules_cover_what_an_operator_watches() -> None:
     assert {"clawsup_program_state", "clawsup_restarts_total", "clawsup_events_total",
             "clawsup_crash_loops_total", "clawsup_program_hung", "clawsup_hangs_total",
             "clawsup_breaker_state", "clawsup_breaker_opens_total"} <= used
-    assert used >= PENDING_FROM_RESOURCES_BRANCH
+    assert used >= RESOURCE_METRICS
 
 
 def test_every_metric_used_is_one_clawsup_exports(served: dict[str, set[str]]) -> None:
     problems = []
     for where, metrics in every_use().items():
         for name, labels in metrics.items():
-            if name in PENDING_FROM_RESOURCES_BRANCH and name not in served:
-                continue
             if name not in served:
                 problems.append(f"{where}: {name} is not exported")
                 continue
@@ -180,9 +176,9 @@ def test_every_metric_used_is_one_clawsup_exports(served: dict[str, set[str]]) -
 
 
 def test_resource_metrics_are_exported(served: dict[str, set[str]]) -> None:
-    missing = PENDING_FROM_RESOURCES_BRANCH - set(served)
-    if missing:
-        pytest.skip(f"not exported before the resources branch is merged: {sorted(missing)}")
+    assert served["clawsup_program_rss_bytes"] == {"program"}
+    assert served["clawsup_program_cpu_percent"] == {"program"}
+    assert served["clawsup_resource_limits_total"] == {"program", "resource"}
 
 
 def test_every_counter_is_used_with_its_total_suffix(served: dict[str, set[str]]) -> None:

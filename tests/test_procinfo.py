@@ -16,7 +16,8 @@ TAIL = b"S 1 77 88 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 123456 1000 10"
 
 def test_a_command_name_holding_parentheses_and_spaces_is_read_past():
     stat = procinfo.parse_stat(b"4242 (a) (b) S 9 9) " + TAIL + b"\n")
-    assert stat == procinfo.ProcessStat(state="S", ppid=1, pgid=77, sid=88, threads=3, starttime=123456)
+    assert stat == procinfo.ProcessStat(state="S", ppid=1, pgid=77, sid=88, threads=3,
+                                        starttime=123456, cpu_ticks=3, rss_pages=10)
 
 
 def test_a_cut_off_or_empty_stat_line_is_none():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clawsup.units import format_size, parse_size
+from clawsup.units import Size, format_size, parse_size
 
 MiB = 1 << 20
 
@@ -27,3 +27,9 @@ MiB = 1 << 20
 def test_format_size_rounds_up_and_never_shows_a_size_below_itself(size: int, shown: str) -> None:
     assert format_size(size) == shown
     assert parse_size(shown) >= size
+
+
+def test_a_size_under_a_kilobyte_formats_without_recursing() -> None:
+    # f"{size}B" on a Size went through its repr, which formats it again.
+    assert format_size(Size(512)) == "512B"
+    assert repr(Size(0)) == "Size('0B')"

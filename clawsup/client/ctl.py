@@ -151,6 +151,8 @@ def status_data(reply: Reply) -> dict[str, Any]:
             "state": program.text("state"),
             "pid": program.integer("pid", None),
             "processes": program.integer("processes", 0),
+            "rss": program.integer("rss", None),
+            "cpu_percent": program.number("cpu_percent", None),
             "uptime": program.number("uptime", None),
             "restarts": program.integer("restarts"),
             "main": program.flag("main", False),

@@ -13,6 +13,7 @@ each of them decodes: a value a ``Check`` refuses still does).
 
 from __future__ import annotations
 
+import math
 import os
 import pwd
 import re
@@ -27,6 +28,7 @@ from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_ori
 import msgspec
 
 from clawsup.supervisor.kinds import DEFAULT_ALERT_KINDS, EVENT_KINDS
+from clawsup.supervisor.resources import Limits
 from clawsup.units import Duration, Size, parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = "/etc/clawsup/clawsup.toml"
@@ -250,6 +252,29 @@ class Logs(_Section, frozen=True):
             raise ValueError("file must be a path")
 
 
+class Resources(_Section, frozen=True):
+    """Limits on what a program's whole tree uses (resources.py judges them)."""
+
+    max_rss: Size | None = None
+    # Percent of one core: 150 is one and a half cores.
+    max_cpu: float | None = None
+    # How long max_cpu must be exceeded without a break.
+    window: Duration = Duration(60.0)
+
+    def __post_init__(self) -> None:
+        if self.max_rss is not None and self.max_rss <= 0:
+            raise ValueError(f"max_rss must be above 0, got {self.max_rss}")
+        if self.max_cpu is not None and not (math.isfinite(self.max_cpu) and self.max_cpu > 0):
+            raise ValueError("max_cpu must be a percentage of one core above 0 (150 is one "
+                             f"and a half cores), got {self.max_cpu!r}")
+        if not (math.isfinite(self.window) and self.window > 0):
+            raise ValueError(f"window must be a duration above 0, got {self.window!r}")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_rss=self.max_rss, max_cpu=self.max_cpu, window=self.window)
+
+
 def _words(command: list[str], _table: Mapping[str, Any]) -> str | None:
     if not command or not all(command):
         return "must be a non-empty list of non-empty strings"
@@ -308,6 +333,7 @@ class ProgramConfig(_Section, frozen=True):
     hang: Hang = Hang()
     liveness: Liveness | None = None
     logs: Logs = Logs()
+    resources: Resources = Resources()
     # Which of the signals clawsup receives and passes on (USR1, USR2, WINCH) go to this
     # program's process group. None: USR2 and WINCH for the main program, none for the
     # others. USR1 only when listed: Node opens its inspector (a debugger on

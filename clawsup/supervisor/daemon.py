@@ -24,7 +24,7 @@ from typing import Protocol
 import msgspec
 
 from clawsup.protocol import Event, HealthReply, LivenessState, ProgramStatus
-from clawsup.supervisor import hang, kinds, libc
+from clawsup.supervisor import hang, kinds, libc, resources
 from clawsup.supervisor.config import (
     Config,
     ConfigError,
@@ -120,6 +120,7 @@ class _Watch:
     tree: tuple[int, ...] = ()
     tree_of: int | None = None
     sampler: Sampler | None = None
+    over_limits: resources.Judgement = resources.NOT_OVER
 
     def cancel(self) -> None:
         for task in self.tasks:
@@ -536,11 +537,12 @@ class Supervisor:
         self._watches[program] = watch
         assert self._loop is not None
         config = program.config
-        if config.hang.enabled:
+        if config.hang.enabled or config.resources.limits.any:
             watch.sampler = Sampler(
                 program.name, config.hang.sample_interval,
                 functools.partial(self._observed, program, watch), self._loop,
-                self.clock.monotonic,
+                self.clock.monotonic, tree=functools.partial(self.trees.snapshot, program.name),
+                limits=config.resources.limits, hang=config.hang.enabled,
             )
             watch.sampler.watch(program.pid)
         if config.liveness is not None:
@@ -576,6 +578,10 @@ class Supervisor:
         """A sample the sampler thread found worth a look (sampler.py): judge it here."""
         if self.programs.get(program.name) is not program or program.pid != seen.pid:
             return  # removed by a reload, or a sample of a process that is gone
+        if seen.usage is not None:
+            self._usage_observed(program, watch, seen.usage)
+        if not program.config.hang.enabled:
+            return  # sampled for its resources only
         if seen.threads_in_d is not None:
             # Kept up to date while STOPPING too: a stuck thread stays reported for as
             # long as it holds up the stop, and no longer.
@@ -609,6 +615,18 @@ class Supervisor:
                       f"{program.name} leaks zombies ({seen.zombies} > "
                       f"{settings.zombie_children_max}), restarting")
             program.restart(kinds.RestartReason.ZOMBIE_LEAK)
+
+    def _usage_observed(self, program: Program, watch: _Watch, usage: resources.Usage) -> None:
+        """Over a resource limit: restart gracefully once it has held (resources.py)."""
+        watch.over_limits, verdict = resources.judge(
+            watch.over_limits, usage, program.config.resources.limits,
+            running=program.state is State.RUNNING)
+        if verdict is not None:
+            self.emit(kinds.ResourceLimit(
+                resource=verdict.resource, value=verdict.value, limit=verdict.limit,
+                seconds=round(verdict.seconds, 3), samples=verdict.samples, pid=usage.pid,
+            ), program.name, verdict.message(program.name))
+            program.restart(kinds.RestartReason.RESOURCE_LIMIT)
 
     def _threads_observed(self, program: Program, watch: _Watch, at: float) -> None:
         """Another thread stuck in D: report it, restart gracefully once (hang.py says why)."""
@@ -838,8 +856,13 @@ class Supervisor:
         return [self._status(p) for p in self.programs.values()]
 
     def _status(self, program: Program) -> ProgramStatus:
-        status = msgspec.structs.replace(program.status(self.liveness_state(program)),
-                                         processes=len(self.processes(program)))
+        watch = self._watches.get(program)
+        usage = None if watch is None or watch.sampler is None else watch.sampler.usage_of(
+            program.pid)
+        status = msgspec.structs.replace(
+            program.status(self.liveness_state(program)), processes=len(self.processes(program)),
+            rss=None if usage is None else usage.rss,
+            cpu_percent=None if usage is None else usage.cpu_percent)
         stuck = self.stuck_thread(program)
         return msgspec.structs.replace(status, stuck_thread=stuck) if stuck else status
 

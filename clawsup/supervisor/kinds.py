@@ -41,6 +41,7 @@ class RestartReason(StrEnum):
     # Recoveries clawsup decided on: a graceful restart, not counted as a failure.
     THREAD_HUNG = "thread_hung"
     ZOMBIE_LEAK = "zombie_leak"
+    RESOURCE_LIMIT = "resource_limit"  # over max_rss or max_cpu (resources.py)
     LIVENESS = "liveness"
     MESSAGE_TIMEOUT = "message_timeout"
     CONFIG_CHANGED = "config_changed"  # the gateway config changed and apply = "restart"
@@ -186,6 +187,21 @@ class ZombieLeak(Payload, frozen=True):
     alert = True
     zombies: int
     reason: RestartReason = RestartReason.ZOMBIE_LEAK
+
+
+class ResourceLimit(Payload, frozen=True):
+    """the program's tree stayed over max_rss or max_cpu: graceful restart"""
+
+    kind = EventKind.RESOURCE_LIMIT
+    incident = True
+    alert = True
+    resource: Literal["rss", "cpu"]
+    value: float  # bytes (rss) or percent of one core (cpu), at the last reading
+    limit: float
+    seconds: float  # how long it was over
+    samples: int  # readings in a row over max_rss; 0 for cpu
+    pid: int
+    reason: RestartReason = RestartReason.RESOURCE_LIMIT
 
 
 class LivenessFailed(Payload, frozen=True):
@@ -411,7 +427,7 @@ class ReloadFailed(Payload, frozen=True):
 
 CATALOGUE: dict[EventKind, type[Payload]] = {payload.kind: payload for payload in (
     StateChanged, Exited, Backoff, Restarted, CrashLoop, Fatal, Unkillable,
-    Hung, ThreadHung, ZombieLeak, LivenessFailed, Reaped, Log,
+    Hung, ThreadHung, ZombieLeak, ResourceLimit, LivenessFailed, Reaped, Log,
     OrphanLock, SessionArchived, ArchivePurged, MessageTimeout,
     BreakerOpen, BreakerHalfOpen, BreakerClosed,
     ModelChanged, TimezoneChanged, OverrideDropped,

@@ -36,6 +36,7 @@ from clawsup.supervisor.kinds import (
     MessageTimeout,
     OrphanLock,
     Reaped,
+    ResourceLimit,
     Restarted,
     SessionArchived,
     Unkillable,
@@ -115,6 +116,16 @@ class Metrics:
         self.program_restarts = Gauge("clawsup_program_restarts",
                                       "Restarts since the supervisor started",
                                       ["program"], registry=r)
+        # Absent while the program does not run (no reading to give).
+        self.program_rss = Gauge("clawsup_program_rss_bytes",
+                                 "Resident memory of the program's whole tree",
+                                 ["program"], registry=r)
+        self.program_cpu = Gauge("clawsup_program_cpu_percent",
+                                 "CPU of the program's whole tree, percent of one core",
+                                 ["program"], registry=r)
+        self.resource_limits = Counter("clawsup_resource_limits",
+                                       "Restarts for a resource limit (rss or cpu)",
+                                       ["program", "resource"], registry=r)
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -181,6 +192,8 @@ class Metrics:
                 self.zombie_leaks.labels(program=program).inc()
             case Reaped(count=count):
                 self.zombies_reaped.inc(max(count, 0))
+            case ResourceLimit(resource=resource):
+                self.resource_limits.labels(program=program, resource=resource).inc()
             case LivenessFailed():
                 self.liveness_failures.labels(program=program).inc()
             case MessageTimeout():
@@ -232,10 +245,18 @@ class Metrics:
             self.program_uptime.labels(program=status.name).set(status.uptime or 0.0)
             self.program_hung.labels(program=status.name).set(1 if status.hung else 0)
             self.program_restarts.labels(program=status.name).set(status.restarts)
+            for gauge, value in ((self.program_rss, status.rss),
+                                 (self.program_cpu, status.cpu_percent)):
+                if value is None:
+                    gauge.remove(status.name)
+                else:
+                    gauge.labels(program=status.name).set(value)
         for name in self._programs - seen:
             for state in PROGRAM_STATES:
                 self.program_state.remove(name, state)
             self.program_uptime.remove(name)
             self.program_hung.remove(name)
             self.program_restarts.remove(name)
+            self.program_rss.remove(name)
+            self.program_cpu.remove(name)
         self._programs = seen

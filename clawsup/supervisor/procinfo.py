@@ -36,6 +36,10 @@ class ProcessStat(NamedTuple):
     sid: int
     threads: int
     starttime: int  # clock ticks after boot: with the pid, names one process for good
+    # CPU clock ticks of its own (utime, stime) and of the children it reaped (cutime,
+    # cstime); resident pages. What a program's tree uses (usage.py).
+    cpu_ticks: int
+    rss_pages: int
 
 
 def _fields_after_name(raw: bytes) -> list[bytes]:
@@ -46,10 +50,12 @@ def _fields_after_name(raw: bytes) -> list[bytes]:
 def parse_stat(raw: bytes) -> ProcessStat | None:
     """The text of a /proc/PID/stat file, parsed; None when it is cut short."""
     fields = _fields_after_name(raw)
-    if len(fields) < 20:
+    if len(fields) < 22:
         return None
     return ProcessStat(chr(fields[0][0]), int(fields[1]), int(fields[2]), int(fields[3]),
-                       int(fields[17]), int(fields[19]))
+                       int(fields[17]), int(fields[19]),
+                       int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14]),
+                       int(fields[21]))
 
 
 def read_stat(pid: int) -> ProcessStat | None:
@@ -104,6 +110,16 @@ class StatReader:
             return None
         fields = _fields_after_name(raw)
         return int(fields[17]) if len(fields) > 17 else None
+
+    def stat_line(self) -> bytes | None:
+        """The whole stat line (usage.py reads its CPU and RSS fields), None if gone."""
+        if self._fd is None and self.state() is None:
+            return None
+        assert self._fd is not None
+        try:
+            return os.pread(self._fd, 1024, 0)
+        except OSError:
+            return None
 
     def close(self) -> None:
         if self._fd is not None:

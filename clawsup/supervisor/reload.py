@@ -25,7 +25,7 @@ from clawsup.supervisor.config import Config, ProgramConfig, SupervisorConfig
 # A program's keys that shape the process it runs: a change takes a restart to apply.
 SPAWN_KEYS = ("command", "environment", "directory", "user")
 # A program's keys watched by the samplers and probes: their watch is started again.
-WATCH_KEYS = ("hang", "liveness")
+WATCH_KEYS = ("hang", "liveness", "resources")
 # [supervisor] keys applied live; every other one is bound when clawsup starts (the
 # control sockets, the state directory, the cgroup tree).
 LIVE_SUPERVISOR_KEYS = ("exit_on_fatal", "log_level")

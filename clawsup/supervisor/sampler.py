@@ -12,12 +12,19 @@ state stays on the loop: the thread hands over only the samples that matter (a D
 the first sample after one, a process tree or zombie count that changed, another thread
 in D and the first reading after it left) through ``call_soon_threadsafe``, and nothing
 at all while the program sleeps as usual.
+
+At the walks of the tree it also reads what the tree uses (usage.py; how often:
+``USAGE_EVERY``): the last reading is kept for ``status`` to read (``usage_of``), and
+handed to the loop only when it is over a limit of ``[programs.NAME.resources]`` or the
+first under after one over (resources.py judges them there). With ``hang`` off
+(``hang.enabled = false``) only that is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import select
@@ -28,12 +35,21 @@ from dataclasses import dataclass
 
 from clawsup.supervisor import procinfo
 from clawsup.supervisor.hang import ThreadInD
+from clawsup.supervisor.resources import NO_LIMITS, Limits, Usage, over
+from clawsup.supervisor.usage import TreeSnapshot, TreeUsage
 
 log = logging.getLogger("clawsup")
 
 # The process tree under a program (zombie count, owned PIDs) is walked every this many
 # samples: walking it costs more than the D-state read, and zombies pile up over minutes.
 TREE_SCAN_EVERY = 5
+# What the tree uses is read at every walk while it is needed: a limit to judge, or
+# someone who looked at it (status, the metrics) within WANTED_FOR seconds. Otherwise at
+# every USAGE_EVERY-th walk only (30 s at the default interval), so that a first look
+# finds a reading: a reading costs some 200 us of CPU with cold caches, more than the
+# sampler's whole second otherwise.
+USAGE_EVERY = 6
+WANTED_FOR = 60.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,8 @@ class Observation:
     zombies: int | None = None
     # The other threads in D, when they were read (see _Process.threads_in_d).
     threads_in_d: tuple[ThreadInD, ...] | None = None
+    # What the tree uses, when over a limit or the first sample back under.
+    usage: Usage | None = None
 
 
 class _Process:
@@ -58,6 +76,7 @@ class _Process:
         self.pid = pid
         self.stat = procinfo.StatReader(pid)
         self._children = procinfo.ChildrenReader(pid)
+        self.reader: TreeUsage | None = None  # what the tree uses, when asked to read it
 
     def tree(self) -> tuple[int, ...]:
         """Every process below this one."""
@@ -75,6 +94,8 @@ class _Process:
     def close(self) -> None:
         self.stat.close()
         self._children.close()
+        if self.reader is not None:
+            self.reader.close()
 
 
 class Sampler:
@@ -93,8 +114,21 @@ class Sampler:
         deliver: Callable[[Observation], None],
         loop: asyncio.AbstractEventLoop,
         monotonic: Callable[[], float],
+        *,
+        tree: Callable[[], TreeSnapshot] | None = None,
+        limits: Limits = NO_LIMITS,
+        hang: bool = True,
     ) -> None:
+        """``tree``: the program's members (Trees.snapshot), to read what they use;
+        None reads nothing. ``hang``: judge D states and zombies at all."""
         self.name = name
+        self._tree = tree
+        self._limits = limits
+        self._hang = hang
+        # The last reading of what the tree uses; None while nothing runs. Written by the
+        # thread, read by the loop: one reference, as ``_pid`` is.
+        self.usage: Usage | None = None
+        self._wanted_at = -WANTED_FOR  # monotonic time of the last look at the readings
         self._interval_ms = max(1, round(interval * 1000))
         self._deliver = deliver
         self._loop = loop
@@ -109,6 +143,13 @@ class Sampler:
 
     def watch(self, pid: int | None) -> None:
         self._pid = pid
+        self.usage = None
+
+    def usage_of(self, pid: int | None) -> Usage | None:
+        """The last reading of what the tree uses, if it is one of ``pid``'s run."""
+        self._wanted_at = self._monotonic()  # one float: as atomic as ``_pid``
+        usage = self.usage
+        return usage if usage is not None and usage.pid == pid else None
 
     def close(self) -> None:
         if self._stop_write < 0:
@@ -144,6 +185,7 @@ class Sampler:
         # 60 us every sample.
         following: tuple[int, ...] = ()
         failing = False
+        was_over = False  # the last reading of what the tree uses was over a limit
         # Keep this loop short: it is the idle cost of clawsup.
         while not poller.poll(self._interval_ms):
             pid = self._pid
@@ -151,25 +193,47 @@ class Sampler:
                 if watched is not None:
                     watched.close()
                     watched = None
+                    self.usage = None
                 continue
             try:
                 if watched is None or watched.pid != pid:
                     if watched is not None:
                         watched.close()
                     watched = _Process(pid)
+                    if self._tree is not None:
+                        watched.reader = TreeUsage(watched.stat, self._tree)
                     samples = 0
                     in_d = False
                     following = ()
+                    was_over = False
                 state = watched.stat.state()
                 samples += 1
                 walk = samples % TREE_SCAN_EVERY == 1
+                if not self._hang:
+                    state = None if state is None else "S"  # D states are not judged
                 if state != "D" and not in_d and not walk and not following:
                     continue
                 tree = watched.tree() if walk and state is not None else None
+                usage = self._read_usage(watched, tree, samples // TREE_SCAN_EVERY)
+                due = False
+                if usage is not None:
+                    # Over a limit, or the first reading back under: the loop judges.
+                    above = bool(over(usage, self._limits))
+                    due, was_over = above or was_over, above
+                if not self._hang:
+                    if due:
+                        self._loop.call_soon_threadsafe(
+                            self._deliver, Observation(pid=pid, state=state, switches=None,
+                                                       at=self._monotonic(), usage=usage))
+                    continue
                 threads = None
                 if state is not None and (walk or following):
                     threads = watched.threads_in_d(None if walk else following)
-                seen = self._observe(pid, state, tree, last_tree, threads)
+                # The reading has just read every walked stat: it counted the zombies.
+                counted = None if usage is None or watched.reader is None else watched.reader.zombies
+                seen = self._observe(pid, state, tree, last_tree, threads, zombies=counted)
+                if due:
+                    seen = dataclasses.replace(seen, usage=usage)
                 # The first sample out of D goes to the loop too: it ends the D record.
                 was_in_d, in_d = in_d, state == "D"
                 was_following = bool(following)
@@ -178,7 +242,7 @@ class Sampler:
                 if seen.tree is not None:
                     assert seen.zombies is not None
                     last_tree = (pid, seen.tree, seen.zombies)
-                if (in_d or was_in_d or seen.tree is not None
+                if (in_d or was_in_d or seen.tree is not None or due
                         or (threads is not None and (threads or was_following))):
                     self._loop.call_soon_threadsafe(self._deliver, seen)
                 failing = False
@@ -193,10 +257,23 @@ class Sampler:
         if watched is not None:
             watched.close()
 
+    def _read_usage(self, watched: _Process, tree: tuple[int, ...] | None,
+                    walks: int) -> Usage | None:
+        """What the tree uses, at the walks it is due (``USAGE_EVERY``); kept for
+        ``status`` too."""
+        if tree is None or watched.reader is None:
+            return None
+        if not (self._limits.any or walks % USAGE_EVERY == 0
+                or self._monotonic() - self._wanted_at < WANTED_FOR):
+            return None
+        usage = watched.reader.read(tree, self._monotonic())
+        self.usage = usage
+        return usage
+
     def _observe(
         self, pid: int, state: str | None, tree: tuple[int, ...] | None,
         last_tree: tuple[int, tuple[int, ...], int] | None,
-        threads: tuple[ThreadInD, ...] | None = None,
+        threads: tuple[ThreadInD, ...] | None = None, *, zombies: int | None = None,
     ) -> Observation:
         switches = procinfo.context_switches(pid) if state == "D" else None
         at = self._monotonic()
@@ -205,7 +282,8 @@ class Sampler:
                                threads_in_d=threads)
         # Zombies whose parent is alive: only that parent can reap them, so only a restart
         # clears them (an orphaned zombie would be re-parented to us and reaped).
-        zombies = sum(1 for p in tree if procinfo.run_state(p) == "Z")
+        if zombies is None:
+            zombies = sum(1 for p in tree if procinfo.run_state(p) == "Z")
         # Zombies are handed over at every walk, changed or not: a leak found while the
         # program was STARTING must still be judged once it is RUNNING.
         if last_tree == (pid, tree, zombies) and not zombies:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from clawsup.supervisor import procinfo
+from clawsup.supervisor.usage import TreeSnapshot
 
 log = logging.getLogger("clawsup")
 
@@ -474,6 +475,17 @@ class Trees:
     def members(self, program: str) -> list[int]:
         """Every live process of the program's tree now."""
         return self._backend.members(program)
+
+    def snapshot(self, program: str) -> TreeSnapshot:
+        """What the sampler thread (usage.py) needs to find the members: the program's
+        cgroup directory, or a copy of the registry's members; safe from that thread, as
+        it changes nothing."""
+        backend = self._backend
+        if isinstance(backend, _Cgroups):
+            return TreeSnapshot(members=(), cgroup=str(backend._dir(program)))
+        owners = self._registry.owners.copy()  # one C call: atomic under the GIL
+        return TreeSnapshot(members=tuple(key for key, owner in owners.items()
+                                          if owner == program), cgroup=None)
 
     def signal(self, program: str, signum: int) -> int:
         """Send ``signum`` to every member; how many got it."""

@@ -18,6 +18,7 @@ import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 
+import psutil
 import pytest
 
 from tests.realgw.conftest import RunFactory, serving_module_run
@@ -221,3 +222,19 @@ def test_exec_tool_children_end_with_the_gateway(serving: RealRun) -> None:
         program = serving.status()
         if program is not None and program["state"] == "STOPPED":
             serving.ctl_ok("start")
+
+
+def test_status_shows_the_gateways_rss_and_cpu(serving: RealRun) -> None:
+    program = wait_until(lambda: (p := serving.status()) and p["cpu_percent"] is not None
+                         and p, 60, what="an RSS and CPU reading of the gateway")
+    host_pid = serving.host_pid(program["pid"])
+    assert host_pid is not None
+    gateway = psutil.Process(host_pid)
+    tree = [gateway, *gateway.children(recursive=True)]
+    # A warm gateway holds some hundreds of MiB (270-340 measured); its tree's sum as
+    # psutil reads it, a moment apart.
+    assert 100 << 20 < program["rss"] < 2 << 30
+    assert program["rss"] == pytest.approx(sum(p.memory_info().rss for p in tree), rel=0.2)
+    assert 0.0 <= program["cpu_percent"] < 200.0
+    header, row = serving.ctl_ok("status").splitlines()[:2]
+    assert row[header.index("RSS"):].split()[0] != "-"
