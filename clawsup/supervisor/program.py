@@ -168,7 +168,7 @@ def describe_status(status: int) -> tuple[int | None, str | None]:
 
 
 # eq=False: a Program is equal only to itself, and hashable, so that what the loop keeps
-# per program (its watch, daemon.py) is keyed on the object: a reload may remove a name
+# per program (its watch, watch.py) is keyed on the object: a reload may remove a name
 # and add it again while the old program is still stopping.
 @dataclass(eq=False)
 class Program:
