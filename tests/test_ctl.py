@@ -8,7 +8,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -22,12 +21,6 @@ from tests.util import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 CTL = [sys.executable, "-m", "clawsup.client.ctl"]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerThread]:
-    with ServerThread(tmp_path / "run") as running:
-        yield running
 
 
 def ctl(

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -184,9 +183,8 @@ class ManyPrograms(FakeSupervisor):
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerThread]:
-    with ServerThread(tmp_path / "run", ManyPrograms()) as running:
-        yield running
+def server_handler() -> FakeSupervisor:
+    return ManyPrograms()
 
 
 def test_status_table_and_json_match_the_click_path(server: ServerThread):
