@@ -179,7 +179,6 @@ class Program:
     effects: Effects
     clock: Clock
     state: State = State.STOPPED
-    state_since: float = 0.0
     restarts: int = 0
     last_exit: LastExit | None = None
     unkillable: bool = False
@@ -543,7 +542,6 @@ class Program:
         if allowed is None or new not in allowed:
             raise AssertionError(f"illegal transition {old.value} -> {new.value} on {trigger.value}")
         self.state = new
-        self.state_since = self.clock.monotonic()
         change = f"still {new.value}" if old is new else f"{old.value} -> {new.value}"
         self.effects.publish(
             self, "state", f"{self.name}: {change} ({reason})",
