@@ -598,7 +598,6 @@ class Controller:
             model=current.model if model is None else settings.remembered(current.model, model),
             timezone=(current.timezone if timezone is None
                       else settings.remembered(current.timezone, timezone)),
-            updated_at=None,
         )
         self._save_overrides(updated)
 

@@ -47,7 +47,6 @@ import os
 import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +114,6 @@ class Overrides(msgspec.Struct, frozen=True, kw_only=True):
 
     model: Override | str | None = None
     timezone: Override | str | None = None
-    updated_at: datetime | None = None
 
 
 # --- validation -----------------------------------------------------------------------
@@ -655,8 +653,7 @@ def apply_overrides(config_file: GatewayConfigFile, overrides: Overrides) -> Rea
             wanted[key] = validate(value)
         except SettingError as error:
             log.warning("not re-applying the remembered %s: %s", name, error)
-    kept_overrides = Overrides(model=kept["model"], timezone=kept["timezone"],
-                               updated_at=overrides.updated_at)
+    kept_overrides = Overrides(model=kept["model"], timezone=kept["timezone"])
     if not wanted:
         return Reapplied(changes=[], dropped=dropped, kept=kept_overrides)
     old = write_settings(path, wanted)
