@@ -114,8 +114,10 @@ async def supervised(config: Path, spawned: SpawnLog | None = None) -> AsyncIter
                        spawn_process=spawned or SpawnLog())
     run = asyncio.get_running_loop().create_task(supervisor.run())
     try:
-        await until(lambda: supervisor.service.controller is not None or run.done(),
-                    what="the service started")
+        # Step 6 of run(): the service is up and the main program is being started.
+        await until(lambda: run.done() or any(
+            p.config.main and p.state is not State.STOPPED for p in supervisor.programs.values()),
+            what="the programs started")
         assert not run.done(), run.result()
         yield supervisor
     finally:
