@@ -130,8 +130,7 @@ class Service:
                 raise ComponentError(failure)
         if self.config.alerts is not None:
             await self._start_alerts(self.config.alerts)
-        self.controller = Controller(supervisor, self.incidents)
-        self.controller.locks_held = self._locks_held
+        self.controller = Controller(supervisor, self.incidents, locks_held=self._locks_held)
         await self._start_control()
         self._start_janitor()
         self.controller.apply_overrides()
