@@ -6,19 +6,18 @@
    (with the fake handler of the tests) in this process, p50/p99 over ``--calls``; beside
    it the floor of this machine: a bare pyzmq REQ -> ROUTER echo in the same setup, the
    two timed in alternating blocks of 100 calls.
-2. ``clawsupctl status`` as a whole process against ``supervisorctl status`` (a real
-   supervisord 4.3, one sleeping program, unix socket) and, when circus can be
-   installed into a separate venv, ``circusctl status`` (a real circusd). All in the same
-   run, interleaved, so machine load hits every tool alike; ratios are printed. Beside
-   them, the click CLI on the same command line (``python -m clawsup.client.ctl``, what
-   the console script's fast path saves) and floors: a bare interpreter, ``import json,
-   socket`` (what the fast path needs), ``import click``, and click + pyzmq + msgspec
-   (what the click path needs) with no code of ours.
+2. ``clawsupctl status`` and ``clawsupctl health`` as whole processes (the console
+   script) against ``supervisorctl status`` (a real supervisord 4.3, one sleeping
+   program, unix socket) and, when circus can be installed into a separate venv,
+   ``circusctl status`` (a real circusd). All in the same run, interleaved, so machine
+   load hits every tool alike; ratios are printed. Beside them, floors with no code of
+   ours: a bare interpreter, ``import argparse, json, socket`` (what clawsupctl loads for
+   them), and ``import msgspec`` and ``import zmq``, which it leaves out.
    clawsup's modules are byte-compiled first, as pip compiled supervisor's and circus's
    at install: an editable install leaves that to the first run, which never happens
    where PYTHONDONTWRITEBYTECODE is set (as on the development machines).
 
-Targets: p50 <= 0.2 ms, p99 <= 1 ms; clawsupctl <= 0.5x supervisorctl.
+Targets: p50 <= 0.2 ms, p99 <= 1 ms; clawsupctl status and health <= 0.5x supervisorctl.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ from clawsup.client import Client  # noqa: E402
 from tests.fake_control import ServerThread  # noqa: E402
 
 BIN = Path(sys.executable).parent
-FLOORS = ("pass", "import json, socket", "import click", "import click, zmq, msgspec")
+FLOORS = ("pass", "import argparse, json, socket", "import msgspec", "import zmq")
 
 
 def floor_name(code: str) -> str:
@@ -143,8 +142,8 @@ def clawsup_server(workdir: Path) -> Iterator[list[str]]:
     try:
         assert proc.stdout is not None
         proc.stdout.readline()  # "ready <pid>"
-        # The console script users run (its fast path: no click, pyzmq or msgspec).
-        yield [str(BIN / "clawsupctl"), "--socket", f"ipc://{run_dir}/control.sock", "status"]
+        # The console script users and probes run.
+        yield [str(BIN / "clawsupctl"), "--socket", f"ipc://{run_dir}/control.sock"]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
@@ -284,14 +283,11 @@ def main() -> None:
         print("   clawsup's modules byte-compiled first, as pip compiled supervisor's at install")
         with clawsup_server(workdir) as clawsupctl, supervisord(workdir) as supervisorctl:
             commands = {
-                "clawsupctl": clawsupctl,
+                "clawsupctl status": [*clawsupctl, "status"],
+                "clawsupctl health": [*clawsupctl, "health"],
                 "supervisorctl": supervisorctl,
-                # The click CLI on the same command line: what the fast path saves.
-                "clawsupctl (click path)": [
-                    sys.executable, "-m", "clawsup.client.ctl", *clawsupctl[1:]
-                ],
-                # Floors: what any Python CLI in this venv pays, click alone, and the
-                # libraries clawsupctl needs for status without a line of clawsup.
+                # Floors: what any Python CLI in this venv pays, what clawsupctl loads for
+                # status and health, and each library it leaves out.
                 **{floor_name(code): [sys.executable, "-c", code] for code in FLOORS},
             }
             if venv is not None:
@@ -305,15 +301,15 @@ def main() -> None:
         print(f"   {'':40} {'min ms':>8} {'median ms':>10}")
         for name, samples in cli.items():
             print(f"   {name:40} {min(samples) * 1e3:8.1f} {statistics.median(samples) * 1e3:10.1f}")
-        ours = cli["clawsupctl"]
-        for other in ("supervisorctl", "circusctl"):
-            if other not in cli:
-                continue
-            by_min = min(ours) / min(cli[other])
-            by_median = statistics.median(ours) / statistics.median(cli[other])
-            print(f"   clawsupctl / {other}: {by_min:.2f}x (min), {by_median:.2f}x (median)")
-        print("   target: clawsupctl <= 0.5x supervisorctl")
-        for name in ("clawsupctl (click path)", *map(floor_name, FLOORS)):
+        for ours in ("clawsupctl status", "clawsupctl health"):
+            for other in ("supervisorctl", "circusctl"):
+                if other not in cli:
+                    continue
+                by_min = min(cli[ours]) / min(cli[other])
+                by_median = statistics.median(cli[ours]) / statistics.median(cli[other])
+                print(f"   {ours} / {other}: {by_min:.2f}x (min), {by_median:.2f}x (median)")
+        print("   target: clawsupctl status and health <= 0.5x supervisorctl")
+        for name in map(floor_name, FLOORS):
             floor = min(cli[name]) / min(cli["supervisorctl"])
             print(f"   {name} alone is {floor:.2f}x supervisorctl (min)")
 

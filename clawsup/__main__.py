@@ -1,3 +1,3 @@
-from clawsup.entrypoint import main
+from clawsup.cli import main
 
 main()

@@ -1,10 +1,10 @@
 """How a status reply reads to people: the table ``clawsupctl status`` prints, the line
 ``clawsupctl health`` prints and the words for a program's last exit.
 
-Shared by the click CLI (which decodes replies with msgspec), the fast path of
-``clawsupctl`` (stdlib json) and the supervisor's own log lines, so it works on plain
-data (dicts and lists as ``msgspec.to_builtins`` or ``json.loads`` give them) and imports
-neither click, pyzmq nor msgspec.
+Shared by ``clawsupctl`` (which reads replies with the stdlib json module) and the
+supervisor's own log lines, so it works on plain data (dicts and lists as
+``msgspec.to_builtins`` or ``json.loads`` give them) and imports neither pyzmq nor
+msgspec.
 """
 
 from __future__ import annotations

@@ -108,9 +108,14 @@ def format_duration(seconds: float) -> str:
 
 
 def format_size(size: int) -> str:
-    """``12 * 2**20`` -> ``"12MB"`` (binary units, as the watchdog's log printed them)."""
+    """``12 * 2**20`` -> ``"12MB"``: binary units, rounded up as ``find -size`` counts, so
+    a size is never shown below what it is (a file just over a 10MB limit reads "11MB").
+    Tenths below 10 of a unit: ``2 * 2**20 + 1`` -> ``"2.1MB"``. The one format for a
+    size that clawsup and its demo print."""
     for unit, factor in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
         if size >= factor:
-            value = size / factor
-            return f"{value:.0f}{unit}" if value >= 10 or value == int(value) else f"{value:.1f}{unit}"
+            tenths = -(-size * 10 // factor)
+            if tenths >= 100 or tenths % 10 == 0:
+                return f"{-(-size // factor)}{unit}"
+            return f"{tenths // 10}.{tenths % 10}{unit}"
     return f"{size}B"

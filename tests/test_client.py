@@ -286,3 +286,36 @@ def test_close_with_an_unfinished_events_generator_does_not_hang(server: ServerT
     began = time.monotonic()
     client.close()  # the generator still holds its SUB socket open
     assert time.monotonic() - began < 1
+
+
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_a_file_or_directory_as_the_socket_is_unreachable_at_once(tmp_path: Path,
+                                                                  kind: str) -> None:
+    path = tmp_path / "control.sock"
+    if kind == "file":
+        path.write_text("")
+    else:
+        path.mkdir()
+    with Client(str(path), timeout=5) as client:
+        began = time.monotonic()
+        with pytest.raises(Unreachable, match="not a socket"):
+            client.status()
+        with pytest.raises(Unreachable, match="not a socket"):
+            client.restart()
+    assert time.monotonic() - began < 1
+
+
+def test_an_endpoint_libzmq_cannot_take_is_unreachable_not_a_zmq_error() -> None:
+    with Client("http://localhost/control", timeout=1) as client, pytest.raises(
+        Unreachable, match="not supported"
+    ):
+        client.status()
+
+
+def test_a_refused_tcp_port_is_named_after_the_timeout() -> None:
+    with Client("tcp://127.0.0.1:1", timeout=0.3, retries=0) as client, pytest.raises(
+        Unreachable
+    ) as failed:
+        client.version()
+    assert not isinstance(failed.value, Timeout)
+    assert "refused" in str(failed.value)

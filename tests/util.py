@@ -164,6 +164,24 @@ path = "{directory}/home/clawdbot.json"
     return path
 
 
+def image_stand_in(directory: Path) -> Path:
+    """A config override for checking the shipped config outside the image: the
+    gateway's directory (/app there) and its ``node`` stand in from ``directory``; the
+    image's own build runs ``clawsup check`` on the real ones."""
+    app = directory / "app"
+    app.mkdir(exist_ok=True)
+    node = directory / "bin" / "node"
+    node.parent.mkdir(exist_ok=True)
+    node.write_text("#!/bin/sh\n")
+    node.chmod(0o755)
+    override = directory / "image-stand-in.toml"
+    override.write_text(
+        f'[programs.gateway]\ndirectory = "{app}"\n'
+        f'environment = {{ PATH = "{node.parent}:/usr/bin:/bin" }}\n'
+    )
+    return override
+
+
 def python_program(code: str) -> str:
     """A TOML command array running ``code`` with this interpreter."""
     return json.dumps([sys.executable, "-c", code])

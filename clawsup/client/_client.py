@@ -16,6 +16,8 @@ from clawsup.client._endpoint import (
     default_endpoint,
     ipc_path,
     normalize_endpoint,
+    why_not_a_socket,
+    why_tcp_unreachable,
     why_unreachable,
 )
 from clawsup.client._errors import BadReply, ClawsupError, CommandFailed, Timeout, Unreachable
@@ -148,6 +150,10 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         self._events_endpoint = events_endpoint
+        # First: __del__ looks at them even when a key below cannot be loaded.
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._wait_ms: int | None = None  # the RCVTIMEO set on _sock
         self._curve: tuple[bytes, bytes, bytes] | None = None
         if curve_server_key is not None:
             if curve_client_keys is None:
@@ -155,9 +161,6 @@ class Client:
                 curve_client_keys = zmq.curve_keypair()
             public, secret = _load_key_pair(curve_client_keys)
             self._curve = (_load_public_key(curve_server_key), public, secret)
-        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
-        self._sock: zmq.Socket[bytes] | None = None
-        self._wait_ms: int | None = None  # the RCVTIMEO set on _sock
 
     # -- transport ---------------------------------------------------------------------
 
@@ -172,7 +175,11 @@ class Client:
             sock = self._context().socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
             self._apply_curve(sock)
-            sock.connect(self.endpoint)
+            try:
+                sock.connect(self.endpoint)
+            except zmq.ZMQError as error:  # an endpoint libzmq cannot parse
+                sock.close(linger=0)
+                raise Unreachable(self.endpoint, error.strerror) from None
             self._sock, self._wait_ms = sock, None
         if wait_ms != self._wait_ms:
             self._sock.setsockopt(zmq.RCVTIMEO, wait_ms)
@@ -182,9 +189,14 @@ class Client:
     def _apply_curve(self, sock: zmq.Socket[bytes]) -> None:
         if self._curve is not None:
             server, public, secret = self._curve
-            sock.curve_serverkey = server
-            sock.curve_publickey = public
-            sock.curve_secretkey = secret
+            try:
+                sock.curve_serverkey = server
+                sock.curve_publickey = public
+                sock.curve_secretkey = secret
+            except zmq.ZMQError as error:  # EINVAL: not a 40-character z85 key
+                sock.close(linger=0)
+                raise ClawsupError(f"not a CURVE key ({error}): give the z85 text of "
+                                   "one or its .key file") from None
 
     def _drop_socket(self) -> None:
         # A REQ that sent and got no reply cannot send again: start over with a new one.
@@ -193,23 +205,31 @@ class Client:
             self._sock = None
 
     def _check_reachable(self) -> None:
+        """After a timeout: Unreachable, with the reason, if nothing accepts a connection
+        at the endpoint (libzmq retries a refused connect quietly until then)."""
         path = ipc_path(self.endpoint)
-        if path is not None:
-            reason = why_unreachable(path)
-            if reason is not None:
-                raise Unreachable(self.endpoint, reason)
+        reason = why_unreachable(path) if path is not None else why_tcp_unreachable(self.endpoint)
+        if reason is not None:
+            raise Unreachable(self.endpoint, reason)
 
     def request_raw(self, request: Request, timeout: float | None = None) -> bytes:
         """Send one request and return the reply frame as the supervisor wrote it."""
+        idempotent = request.__struct_config__.tag in IDEMPOTENT_COMMANDS
+        return self.request_frame(encode(request), self.retries if idempotent else 0, timeout)
+
+    def request_frame(self, frame: bytes, retries: int, timeout: float | None = None) -> bytes:
+        """Send one request frame, again up to ``retries`` times on a fresh socket after a
+        timeout; return the reply frame."""
         timeout = self.timeout if timeout is None else timeout
         path = ipc_path(self.endpoint)
-        if path is not None and not os.path.exists(path):
-            # Fail at once: an ipc connect to a missing file would only time out.
-            raise Unreachable(self.endpoint)
-        frame = encode(request)
-        attempts = 1 + (self.retries if request.__struct_config__.tag in IDEMPOTENT_COMMANDS else 0)
+        if path is not None:
+            # Fail at once: an ipc connect to a missing file (or to a regular file, a
+            # directory) would only time out.
+            reason = why_not_a_socket(path)
+            if reason is not None:
+                raise Unreachable(self.endpoint, reason)
         wait_ms = round(timeout * 1000)
-        for _ in range(attempts):
+        for _ in range(1 + retries):
             sock = self._socket(wait_ms)
             sock.send(frame)
             try:

@@ -1,7 +1,8 @@
 """A ZeroMQ REQ client in plain Python: ZMTP 3.x over a Unix socket, NULL security.
 
-``clawsupctl status`` and ``clawsupctl health`` use it so that they start without pyzmq
-(see clawsup/client/entrypoint.py for why that matters). It is also a worked example that
+``clawsupctl`` sends every request over it on an ``ipc://`` endpoint, so that it starts
+without pyzmq (see clawsup/client/_call.py for why that matters), and says at once when
+the socket is not a control socket. It is also a worked example that
 a skill can talk to clawsup with nothing but a Unix socket: ZeroMQ's ``ipc://PATH`` is a
 stream socket at PATH, and what goes over it is small (RFC 23/ZMTP 3.0, RFC 37/ZMTP 3.1;
 docs/protocol.md has the byte-level walk-through)::
@@ -148,9 +149,8 @@ class _Conversation:
             raise ProtocolError(f"sent {name!r} where READY was due")
         peer_type = properties.get(b"socket-type")
         if peer_type not in PEER_TYPES:
-            raise ProtocolError(
-                f"is a {peer_type!r} socket; a REQ talks to ROUTER or REP only"
-            )
+            kind = (peer_type or b"untyped").decode(errors="replace")
+            raise ProtocolError(f"is a {kind} socket; a REQ talks to ROUTER or REP only")
 
     # -- frames ------------------------------------------------------------------------
 

@@ -134,6 +134,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import json5
 
+from clawsup.units import format_size
+
 PROCESS_TITLE = "clawdbot-gateway"
 DEFAULT_PORT = 18789
 BIND_ALIASES = {"loopback": "127.0.0.1", "lan": "0.0.0.0"}
@@ -990,7 +992,7 @@ class Gateway:
                 transcript.append_message(user_message(f"demo photo #{number}", image))
                 await asyncio.sleep(0)  # let HTTP and control files through between writes
             size = transcript.size()
-        log("session", f"{transcript.session_id} grown to {size} bytes (> {target})")
+        log("session", f"{transcript.session_id} grown to {format_size(size)}")
 
     def _model(self) -> str | None:
         return self.config.defaults.model

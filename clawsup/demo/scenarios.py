@@ -39,6 +39,7 @@ import json5
 
 from clawsup.client import ClawsupError, Client
 from clawsup.protocol import ProgramStatus
+from clawsup.units import format_size
 
 T = TypeVar("T")
 
@@ -347,7 +348,8 @@ class Demo:
         self.config_path = root / "clawsup.toml"
         self.log = ClawsupLog(root / "clawsup.log", root)
         self.port = free_port()
-        self.client = Client(f"ipc://{root}/run/control.sock", timeout=2.0)
+        self.endpoint = f"ipc://{root}/run/control.sock"
+        self.client = Client(self.endpoint, timeout=2.0)
         self.process: subprocess.Popen[bytes] | None = None
         self.gateway_pids: set[int] = set()
         self._commands = 0
@@ -409,14 +411,17 @@ class Demo:
         if process is None:
             return None
         status: int | None = None
+        # A client of its own: a stop signal may have cut the demo's request in half,
+        # and a request socket then refuses to send until it has its answer.
+        self.client.close()
         try:
             if process.poll() is None:
-                self.client.shutdown()
+                with Client(self.endpoint, timeout=2.0) as client:
+                    client.shutdown()
             status = process.wait(SHUTDOWN_DEADLINE)
         except (ClawsupError, subprocess.TimeoutExpired):
             status = None
         finally:
-            self.client.close()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)  # whatever is left in its group
             process.wait()
@@ -546,8 +551,8 @@ def play_oversized_session(demo: Demo, fault: Fault) -> Recovery:
     archive = fault.wait(archived, f"archive of {transcript.name}")
     seconds = fault.elapsed()
     grown = _gateway_messages(demo) - messages_before
-    size = archive.stat().st_size / 2**20
-    notes = [f"{transcript.name} grew to {size:.1f}MB (> max_session_size 1MB), archived as {archive.name}"]
+    size = format_size(archive.stat().st_size)
+    notes = [f"{transcript.name} grew to {size} (> max_session_size 1MB), archived as {archive.name}"]
     kept = count_lines(archive)
     if kept != lines_before + grown:
         raise NotRecovered(f"lines lost: the archive holds {kept}, expected "
@@ -824,8 +829,48 @@ def summary(results: Sequence[Result]) -> str:
     return "\n".join([line(rows[0]), rule, *(line(row) for row in rows[1:])])
 
 
+# What ends the demo early: Ctrl-C, `kill`, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(BaseException):
+    """The demo was told to stop by a signal. A BaseException, as KeyboardInterrupt is:
+    no ``except Exception`` on the way may swallow it before clawsup is shut down."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on_signals() -> None:
+    """Make each stop signal unwind the demo, so its clean-up shuts clawsup and the gateway
+    down: they run in a session of their own, where no terminal signal reaches them, and
+    Python's default for SIGTERM and SIGHUP ends the demo without any clean-up."""
+
+    def stop(signum: int, _frame: object) -> None:
+        # One stop is enough: a second signal must not cut the clean-up short.
+        for other in STOP_SIGNALS:
+            signal.signal(other, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
+
+
 def run_demo(scenarios: Sequence[Scenario], *, keep: bool = False, verbose: bool = False) -> int:
-    """Play ``scenarios`` against a fresh clawsup; 0 when every one recovered, else 1."""
+    """Play ``scenarios`` against a fresh clawsup; 0 when every one recovered, else 1,
+    128 + the signal's number when a stop signal ended it (clawsup shut down first)."""
+    _stop_on_signals()
+    try:
+        return _play_all(scenarios, keep=keep, verbose=verbose)
+    except Stopped as stopped:
+        # After SIGHUP the terminal may be gone: the clean-up is what mattered.
+        with contextlib.suppress(OSError):
+            say(f"clawsup demo: stopped by {stopped}; clawsup and its gateway are shut down")
+        return 128 + stopped.signum
+
+
+def _play_all(scenarios: Sequence[Scenario], *, keep: bool, verbose: bool) -> int:
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="clawsup-demo-"))
     demo = Demo(root)

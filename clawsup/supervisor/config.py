@@ -1,16 +1,28 @@
 """The configuration: one frozen, typed struct built once from TOML.
 
 Components take the part they need (``Config.janitor``, ``Config.programs[name]``...).
-Every error names the file, the key and what was expected, as one ``ConfigError``.
+
+A config is checked in one walk (``config_problems``) that reports every problem at once,
+each as "file: key: what is wrong": msgspec alone stops at the first. Each rule is
+written once, where the key is declared: the type (msgspec checks it), a ``Check`` in
+the field's ``Annotated`` type (a rule about one value, including what only this machine
+can answer: an executable, a directory, a user, an environment variable), or the
+section's ``__post_init__`` (a rule relating several keys of one table, checked once
+each of them decodes: a value a ``Check`` refuses still does).
 """
 
 from __future__ import annotations
 
 import os
+import pwd
+import re
+import shutil
 import signal
 import tomllib
+import types
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import msgspec
 
@@ -30,7 +42,27 @@ DEFAULT_MAIN_FORWARDS = frozenset({signal.SIGUSR2, signal.SIGWINCH})
 
 
 class ConfigError(Exception):
-    """A config file that cannot be used; the message names file, key and expectation."""
+    """A config that cannot be used: each of ``problems`` names file, key and expectation."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+class Check:
+    """A rule about one value, put in the field's type: ``Annotated[str, Check(rule)]``.
+
+    ``rule(value, table)`` gets the decoded value and the raw table that holds it (for
+    the keys the answer depends on) and returns what is wrong, or None.
+    """
+
+    def __init__(self, rule: Callable[[Any, Mapping[str, Any]], str | None]) -> None:
+        self.rule = rule
+
+
+class HostCheck(Check):
+    """A rule only the machine that runs clawsup can answer (an executable, a directory,
+    a user, an environment variable): skipped when a config is only read elsewhere."""
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -54,15 +86,56 @@ def _signal_number(name: str) -> int:
     raise ValueError(f"expected a signal name like 'SIGTERM', got {name!r}")
 
 
+def _a_signal(name: str, _table: Mapping[str, Any]) -> str | None:
+    try:
+        _signal_number(name)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _forwardable(name: str, _table: Mapping[str, Any]) -> str | None:
+    try:
+        number = _signal_number(name)
+    except ValueError as error:
+        return str(error)
+    if number not in FORWARDABLE_SIGNALS:
+        return (
+            f"clawsup passes on only SIGUSR1, SIGUSR2 and SIGWINCH, got {name!r} "
+            "(TERM, INT, QUIT and HUP are its own: stop and reload)"
+        )
+    return None
+
+
+# What os.path.expandvars replaces; anything it does not know it leaves as it is.
+_VARIABLE = re.compile(r"\$(\w+|\{([^}]*)\})", re.ASCII)
+
+
+def _variables_set(path: str, _table: Mapping[str, Any]) -> str | None:
+    unset = [
+        match.group(2) if match.group(2) is not None else match.group(1)
+        for match in _VARIABLE.finditer(path)
+    ]
+    unset = [name for name in unset if name not in os.environ]
+    if unset:
+        names = ", ".join(f"${name}" for name in unset)
+        return f"{names} not set in clawsup's environment, so {path!r} would name no real path"
+    return None
+
+
+# A path clawsup expands (``expand_path``: ``~`` and ``$VAR``) before using it.
+ExpandedPath = Annotated[str, HostCheck(_variables_set)]
+
+
 class SupervisorConfig(_Section, frozen=True):
-    run_dir: str = "/run/clawsup"
-    state_dir: str = "/var/lib/clawsup"
+    run_dir: ExpandedPath = "/run/clawsup"
+    state_dir: ExpandedPath = "/var/lib/clawsup"
     exit_on_fatal: bool = True
     # Extra control endpoint, e.g. "tcp://0.0.0.0:7777". Only with CURVE keys: an
     # unauthenticated TCP control port is never opened (Circus' mistake).
     control_tcp: str | None = None
-    curve_secret_key_file: str | None = None
-    curve_authorized_keys_dir: str | None = None
+    curve_secret_key_file: ExpandedPath | None = None
+    curve_authorized_keys_dir: ExpandedPath | None = None
     # Largest control frame accepted: a larger one is answered "too_large"; one over 16
     # times this is dropped by libzmq with its peer (ZMQ_MAXMSGSIZE) before it is buffered.
     max_request_size: Size = Size(1 << 20)
@@ -166,7 +239,7 @@ class Logs(_Section, frozen=True):
     buffer: Size = Size(1 << 20)
     # Also append them to this file, rotated by rename past max_size (0: never rotated),
     # keeping this many old files (FILE.1 is the newest).
-    file: str | None = None
+    file: ExpandedPath | None = None
     max_size: Size = Size(10 << 20)
     backups: int = 3
 
@@ -177,18 +250,58 @@ class Logs(_Section, frozen=True):
             raise ValueError("file must be a path")
 
 
+def _words(command: list[str], _table: Mapping[str, Any]) -> str | None:
+    if not command or not all(command):
+        return "must be a non-empty list of non-empty strings"
+    return None
+
+
+def _executable(command: list[str], program: Mapping[str, Any]) -> str | None:
+    """Whether ``command[0]`` names an executable the way the spawn will look it up: a
+    name through the program's PATH, a relative path from its directory."""
+    name = command[0]
+    if "/" not in name:
+        environment = program.get("environment")
+        search = os.environ.get("PATH", os.defpath)
+        if isinstance(environment, dict) and isinstance(environment.get("PATH"), str):
+            search = environment["PATH"]
+        if shutil.which(name, path=search) is None:
+            return f"{name!r} is not an executable found on PATH ({search})"
+        return None
+    directory = program.get("directory")
+    path = Path(directory if isinstance(directory, str) else ".") / name
+    if not path.is_file() or not os.access(path, os.X_OK):
+        return f"{name!r} is not an executable file"
+    return None
+
+
+def _a_directory(directory: str, _table: Mapping[str, Any]) -> str | None:
+    # As the spawn uses it: cwd is not expanded.
+    if not Path(directory).is_dir():
+        return f"directory {directory} does not exist"
+    return None
+
+
+def _a_user(user: str, _table: Mapping[str, Any]) -> str | None:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return f"no user named {user!r} on this system"
+    return None
+
+
 class ProgramConfig(_Section, frozen=True):
-    command: list[str]
+    command: Annotated[list[str], Check(_words), HostCheck(_executable)]
     main: bool = False
     environment: dict[str, str] = {}
-    directory: str | None = None
-    user: str | None = None
+    directory: Annotated[str, HostCheck(_a_directory)] | None = None
+    user: Annotated[str, HostCheck(_a_user)] | None = None
     autostart: bool = True
     autorestart: Literal["always", "on-failure", "never"] = "always"
     # Exit codes that count as success for autorestart = "on-failure".
     exit_codes: list[int] = msgspec.field(default_factory=lambda: [0])
     start_seconds: Duration = Duration(1.0)
-    stop_signal: str = "SIGTERM"
+    stop_signal: Annotated[str, Check(_a_signal)] = "SIGTERM"
     stop_timeout: Duration = Duration(10.0)
     backoff: Backoff = Backoff()
     crash_loop: CrashLoop = CrashLoop()
@@ -200,18 +313,7 @@ class ProgramConfig(_Section, frozen=True):
     # others. USR1 only when listed: Node opens its inspector (a debugger on
     # 127.0.0.1:9229, code execution for any local user) on USR1 unless started with
     # --disable-sigusr1 or once a script handles USR1, as the gateway does only late.
-    forward_signals: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        if not self.command or not all(self.command):
-            raise ValueError("command must be a non-empty list of non-empty strings")
-        _signal_number(self.stop_signal)
-        for name in self.forward_signals or ():
-            if _signal_number(name) not in FORWARDABLE_SIGNALS:
-                raise ValueError(
-                    f"forward_signals: clawsup passes on only SIGUSR1, SIGUSR2 and SIGWINCH, "
-                    f"got {name!r} (TERM, INT, QUIT and HUP are its own: stop and reload)"
-                )
+    forward_signals: list[Annotated[str, Check(_forwardable)]] | None = None
 
     @property
     def stop_signal_number(self) -> int:
@@ -226,7 +328,7 @@ class ProgramConfig(_Section, frozen=True):
 
 
 class JanitorConfig(_Section, frozen=True):
-    sessions: list[str] = msgspec.field(
+    sessions: list[ExpandedPath] = msgspec.field(
         default_factory=lambda: ["~/.clawdbot/agents/*/sessions"]
     )
     interval: Duration = Duration(5.0)
@@ -236,8 +338,8 @@ class JanitorConfig(_Section, frozen=True):
     # message is acted on only after the gateway had its chance to end the turn itself.
     message_timeout: Duration | None = None
     archive_retention: Duration = Duration(7 * 86400.0)
-    restart_flag: str | None = "~/.clawdbot/restart.flag"
-    ops_requests: str | None = "~/.clawdbot/ops-requests"
+    restart_flag: ExpandedPath | None = "~/.clawdbot/restart.flag"
+    ops_requests: ExpandedPath | None = "~/.clawdbot/ops-requests"
     # Full pass even when inotify saw nothing: the safety net for missed events.
     full_pass_every: Duration = Duration(60.0)
 
@@ -247,7 +349,7 @@ class JanitorConfig(_Section, frozen=True):
 
 
 class GatewayConfigFile(_Section, frozen=True):
-    path: str = "~/.clawdbot/clawdbot.json"
+    path: ExpandedPath = "~/.clawdbot/clawdbot.json"
     model_key: str = "agents.defaults.model.primary"
     timezone_key: str = "agents.defaults.userTimezone"
     # How a change reaches the gateway: its own file watcher ("reload") or a restart.
@@ -415,54 +517,168 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _pretty_error(path: str, error: msgspec.ValidationError, prefix: str = "") -> str:
-    # msgspec says "Expected `int`, got `str` - at `$.programs.gateway.hang.x`";
-    # operators want "file: programs.gateway.hang.x: expected int, got str".
-    text = str(error)
-    message, sep, where = text.rpartition(" - at `")
-    if not sep:
-        message, where = text, "$"
-    key = ".".join(
-        part for part in (prefix, where.rstrip("`").removeprefix("$").lstrip(".")) if part
-    )
-    message = message.replace("`", "")
-    if message.startswith("Object contains unknown field"):
-        field = message.split("unknown field", 1)[1].strip()
-        return f"{path}: {key}.{field}: unknown key" if key else f"{path}: {field}: unknown key"
-    if not key:
-        return f"{path}: {message[:1].lower()}{message[1:]}"
-    return f"{path}: {key}: {message[:1].lower()}{message[1:]}"
+# --- the walk that finds every problem ------------------------------------------------
 
 
-def _unknown_top_level(path: str, error: msgspec.ValidationError) -> str:
-    text = str(error).replace("`", "")
-    if text.startswith("Object contains unknown field"):
-        return f"{path}: {text.split('unknown field', 1)[1].strip()}: unknown key"
-    return f"{path}: {text[:1].lower()}{text[1:]}"
+def config_problems(raw: Mapping[str, Any], *, on_this_host: bool = True) -> list[str]:
+    """Every problem of a raw (TOML) config, each as "key: what is wrong"; [] when none.
+
+    ``on_this_host=False`` leaves out the ``HostCheck`` rules: for reading a config meant
+    for another machine (the image's, from outside it).
+    """
+    return [problem.text for problem in _Walk(on_this_host).problems(raw, Config, "")]
 
 
-def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
-    programs = raw.get("programs")
-    if isinstance(programs, dict):
-        # msgspec reports a dict value's path as "programs[...]": check each program on
-        # its own first so the error can name it.
-        for name, program in programs.items():
-            try:
-                msgspec.convert(program, ProgramConfig, dec_hook=_dec_hook)
-            except msgspec.ValidationError as error:
-                raise ConfigError(
-                    _pretty_error(source, error, prefix=f"programs.{name}")
-                ) from None
+class _Problem(NamedTuple):
+    text: str
+    # Broken by a Check only: the value still decodes, so the rules relating it to the
+    # other keys of its table can be checked too.
+    decodes: bool = False
+
+
+class _Walk:
+    """One walk over a raw config, with or without the host's rules."""
+
+    def __init__(self, on_this_host: bool) -> None:
+        self.on_this_host = on_this_host
+
+    def problems(self, value: Any, kind: Any, key: str) -> list[_Problem]:
+        """The problems of ``value`` read as ``kind`` at ``key``: tables key by key, so one
+        bad key does not hide the others; any other value as one whole."""
+        table = _struct_in(kind)
+        if table is not None and isinstance(value, dict):
+            return self.table_problems(value, table, key)
+        entries = _dict_of_tables(kind)
+        if entries is not None and isinstance(value, dict):
+            return [
+                problem
+                for name, entry in value.items()
+                for problem in self.problems(entry, entries, _join(key, str(name)))
+            ]
+        return _decoding_problems(value, kind, key)
+
+    def table_problems(
+        self, raw: dict[str, Any], table: type[msgspec.Struct], key: str
+    ) -> list[_Problem]:
+        fields = {field.encode_name: field for field in msgspec.structs.fields(table)}
+        problems = [
+            _Problem(f"{_join(key, name)}: unknown key") for name in raw if name not in fields
+        ]
+        for name, field in fields.items():
+            if name not in raw:
+                if field.required:
+                    problems.append(_Problem(f"{_join(key, name)}: missing (required)"))
+                continue
+            found_at = _join(key, name)
+            found = self.problems(raw[name], field.type, found_at)
+            problems += found or self.check_problems(raw[name], field.type, raw, found_at)
+        if not all(problem.decodes for problem in problems):
+            return problems
+        # Each key decodes: what is left is a rule relating several (__post_init__).
+        return problems + _decoding_problems(raw, table, key)
+
+    def check_problems(
+        self, value: Any, kind: Any, table: Mapping[str, Any], key: str
+    ) -> list[_Problem]:
+        """What the ``Check`` rules in ``kind`` say of a value of that type; the first
+        broken rule of a value, as later rules may rely on earlier ones."""
+        origin = get_origin(kind)
+        if origin is Annotated:
+            base, *extras = get_args(kind)
+            found = self.check_problems(value, base, table, key)
+            checks = [extra for extra in extras if isinstance(extra, Check)]
+            if not self.on_this_host:
+                checks = [check for check in checks if not isinstance(check, HostCheck)]
+            for check in checks:
+                if found:
+                    break
+                message = check.rule(value, table)
+                if message is not None:
+                    found = [_Problem(f"{key}: {message}", decodes=True)]
+            return found
+        if origin in (Union, types.UnionType):
+            if value is None:
+                return []
+            return [
+                p for member in get_args(kind)
+                for p in self.check_problems(value, member, table, key)
+            ]
+        if origin is list:
+            (item,) = get_args(kind)
+            return [
+                p for index, element in enumerate(value)
+                for p in self.check_problems(element, item, table, f"{key}[{index}]")
+            ]
+        return []
+
+
+def _decoding_problems(value: Any, kind: Any, key: str) -> list[_Problem]:
+    """What msgspec says of ``value`` as ``kind``: its first problem only."""
     try:
-        return msgspec.convert(raw, Config, dec_hook=_dec_hook)
+        msgspec.convert(value, kind, dec_hook=_dec_hook)
     except msgspec.ValidationError as error:
-        if " - at `" in str(error):
-            raise ConfigError(_pretty_error(source, error)) from None
-        raise ConfigError(_unknown_top_level(source, error)) from None
+        return [_Problem(_described(error, key, kind))]
+    return []
 
 
-def load_config(*paths: str | Path) -> Config:
-    """Read one TOML file, or several merged in order (later keys win), into a Config."""
+def _struct_in(kind: Any) -> type[msgspec.Struct] | None:
+    """The table type ``kind`` is, or holds as ``X | None``."""
+    members = get_args(kind) if get_origin(kind) in (Union, types.UnionType) else ()
+    for member in (kind, *members):
+        if isinstance(member, type) and issubclass(member, msgspec.Struct):
+            return member
+    return None
+
+
+def _dict_of_tables(kind: Any) -> type[msgspec.Struct] | None:
+    if get_origin(kind) is dict:
+        return _struct_in(get_args(kind)[1])
+    return None
+
+
+def _allowed(kind: Any) -> list[str]:
+    """The values of a ``Literal`` type (also inside ``X | None``)."""
+    if get_origin(kind) is Literal:
+        return [str(value) for value in get_args(kind)]
+    return [value for member in get_args(kind) for value in _allowed(member)]
+
+
+def _join(key: str, part: str) -> str:
+    if not key:
+        return part
+    return f"{key}{part}" if part.startswith("[") else f"{key}.{part}"
+
+
+def _described(error: msgspec.ValidationError, key: str, kind: Any) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$[1]`"; operators want
+    # "key[1]: expected int, got str" and, for a choice, what may be chosen.
+    message, sep, where = str(error).rpartition(" - at `")
+    if not sep:
+        message, where = str(error), "$`"
+    key = _join(key, where.rstrip("`").removeprefix("$").lstrip(".")) if where != "$`" else key
+    message = message.replace("`", "")
+    message = message[:1].lower() + message[1:]
+    if message.startswith("object contains unknown field"):
+        return f"{_join(key, message.split('unknown field', 1)[1].strip())}: unknown key"
+    allowed = _allowed(kind)
+    if allowed and message.startswith("invalid enum value"):
+        message += f"; allowed: {', '.join(allowed)}"
+    return f"{key}: {message}" if key else message
+
+
+def parse_config(
+    raw: dict[str, Any], source: str = "<config>", *, on_this_host: bool = True
+) -> Config:
+    """The Config of a raw (TOML) config; ConfigError listing every problem."""
+    problems = config_problems(raw, on_this_host=on_this_host)
+    if problems:
+        raise ConfigError(*(f"{source}: {problem}" for problem in problems))
+    return msgspec.convert(raw, Config, dec_hook=_dec_hook)
+
+
+def load_config(*paths: str | Path, on_this_host: bool = True) -> Config:
+    """Read one TOML file, or several merged in order (later keys win), into a Config
+    (``on_this_host``: see ``config_problems``)."""
     if not paths:
         raise ConfigError("no config file given")
     merged: dict[str, Any] = {}
@@ -481,7 +697,7 @@ def load_config(*paths: str | Path) -> Config:
         except UnicodeDecodeError as error:
             raise ConfigError(f"{path}: not UTF-8 text: {error}") from None
         merged = _merge(merged, raw)
-    return parse_config(merged, ", ".join(str(p) for p in paths))
+    return parse_config(merged, ", ".join(str(p) for p in paths), on_this_host=on_this_host)
 
 
 def default_config_path() -> str:

@@ -338,8 +338,8 @@ class Controller:
             return error_reply(
                 FAILED, f"{program.name} is still present after SIGKILL (stuck in the kernel)"
             )
-        return ProgramReply(program=program.name, state=program.state.value, pid=program.pid,
-                            message=f"{program.name} is {program.state.value}")
+        # The reply's fields say it all: a message would only say it again.
+        return ProgramReply(program=program.name, state=program.state.value, pid=program.pid)
 
     async def restart(self, name: str | None, reason: str, wait: bool) -> Reply:
         program = self._program(name)
@@ -490,11 +490,9 @@ class Controller:
 
     def _program_reply(self, program: Program, what: str, *, waited: bool) -> Reply:
         if program.state is State.RUNNING:
-            return ProgramReply(program=program.name, state="RUNNING", pid=program.pid,
-                                message=f"{program.name} is RUNNING (pid {program.pid})")
+            return ProgramReply(program=program.name, state="RUNNING", pid=program.pid)
         if program.state is State.STARTING and not waited:
-            return ProgramReply(program=program.name, state="STARTING", pid=program.pid,
-                                message=f"{program.name} is STARTING")
+            return ProgramReply(program=program.name, state="STARTING", pid=program.pid)
         if program.state in (State.STARTING, State.STOPPING) and not program.unkillable:
             # Only when a timer of its own is late (an overloaded host): not a failure yet.
             return error_reply(

@@ -106,7 +106,7 @@ from clawsup.supervisor.locks import (
     stuck_report_due,
 )
 from clawsup.supervisor.message_timeout import GATEWAY_TURN_TIMEOUT, MARGIN
-from clawsup.units import format_duration
+from clawsup.units import format_duration, format_size
 
 log = logging.getLogger("clawsup.janitor")
 
@@ -181,7 +181,7 @@ class ArchivedSession:
 
     @property
     def message(self) -> str:
-        return f"Archiving large session: {self.path} ({_mebibytes(self.size)}MB)"
+        return f"Archiving large session: {self.path} ({format_size(self.size)})"
 
     def event_data(self) -> dict[str, Any]:
         return {
@@ -308,11 +308,6 @@ class _Findings:
 
 def _session_id(name: str, suffix: str) -> str | None:
     return name[: -len(suffix)] if name.endswith(suffix) and name != suffix else None
-
-
-def _mebibytes(size: int) -> int:
-    # Rounded up, as find -size counts units: a 10.5 MiB file is "11MB", 12 MiB is "12MB".
-    return -(-size // (1 << 20))
 
 
 # ---------------------------------------------------------------------------------------

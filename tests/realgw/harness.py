@@ -51,7 +51,7 @@ TOKEN = "realgw-test-token"
 REQUIRE_ENV = "CLAWSUP_REQUIRE_REAL_GATEWAY"
 BIN = Path(sys.executable).parent
 CLAWSUPCTL = [str(BIN / "clawsupctl")] if (BIN / "clawsupctl").exists() else [
-    sys.executable, "-m", "clawsup.client.entrypoint"]
+    sys.executable, "-m", "clawsup.client.ctl"]
 # A cold gateway (empty compile cache) takes up to 55 s on a quiet box; give it room on
 # a busy one.
 SERVING_TIMEOUT = 150.0
