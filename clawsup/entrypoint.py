@@ -60,7 +60,7 @@ def run(paths: tuple[str, ...]) -> None:
     except FirstRunError as error:
         print(f"clawsup: {error}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    from clawsup.supervisor.service import run_service
+    from clawsup.supervisor.main import run_service
 
     sys.exit(run_service(config, files))
 

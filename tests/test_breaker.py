@@ -64,7 +64,6 @@ def test_threshold_within_window_opens_and_switches_to_first_fallback() -> None:
     assert status.state == "open"
     assert status.active_model == FALLBACK
     assert status.open_until == 102.0 + 300.0
-    assert breaker.next_deadline() == 402.0
 
 
 def test_failures_outside_the_window_do_not_count() -> None:
@@ -101,36 +100,25 @@ def test_cooldown_elapsed_goes_half_open_and_tries_the_primary() -> None:
     assert breaker.tick(303.0) is None
 
 
-def test_half_open_closes_on_explicit_success() -> None:
-    breaker = ModelBreaker(config(), PRIMARY)
-    trip(breaker, PRIMARY, 0.0)
-    breaker.tick(302.0)
-    decision = breaker.record_success(310.0)
-    assert decision is not None
-    assert decision.payload.kind == "breaker_closed"
-    assert decision.switch_to is None  # the primary is already in use
-    assert breaker.status().state == "closed"
-    assert breaker.record_success(311.0) is None  # success while closed is no news
-
-
 def test_half_open_closes_after_a_probe_period_without_failure() -> None:
     breaker = ModelBreaker(config(window=600.0), PRIMARY)
     trip(breaker, PRIMARY, 0.0)
     breaker.tick(302.0)
     # The probe period defaults to the window.
-    assert breaker.next_deadline() == 902.0
     assert breaker.tick(901.0) is None
     decision = breaker.tick(902.0)
     assert decision is not None
     assert decision.payload.kind == "breaker_closed"
+    assert decision.switch_to is None  # the primary is already in use
     assert breaker.state is BreakerState.CLOSED
+    assert breaker.tick(903.0) is None  # closed: a later tick is no news
 
 
 def test_probe_period_can_be_set() -> None:
     breaker = ModelBreaker(config(), PRIMARY, probe=30.0)
     trip(breaker, PRIMARY, 0.0)
     breaker.tick(302.0)
-    assert breaker.next_deadline() == 332.0
+    assert breaker.tick(331.0) is None
     decision = breaker.tick(332.0)
     assert decision is not None
     assert decision.payload.kind == "breaker_closed"
@@ -156,7 +144,7 @@ def test_cooldown_doubling_stops_at_max_cooldown() -> None:
     now = 2.0
     seen = []
     for _ in range(4):
-        deadline = breaker.next_deadline()
+        deadline = breaker.status().open_until
         assert deadline is not None
         now = deadline
         half = breaker.tick(now)
@@ -178,7 +166,7 @@ def test_closing_resets_the_cooldown_to_its_base() -> None:
     half = breaker.tick(903.0)
     assert half is not None
     assert half.payload.kind == "breaker_half_open"
-    closed = breaker.record_success(904.0)
+    closed = breaker.tick(903.0 + 600.0)  # a probe period (the window) without a failure
     assert closed is not None
     assert closed.payload.kind == "breaker_closed"
     reopened = trip(breaker, PRIMARY, 2000.0)
@@ -259,7 +247,6 @@ def test_operator_set_model_while_tripped_resets_to_closed(stage: str) -> None:
     assert status.active_model == SECOND
     assert status.failures == 0
     assert status.open_until is None
-    assert breaker.next_deadline() is None
     assert breaker.tick(10_000.0) is None
     # The new primary has the whole fallback list, including the old primary's fallback.
     decision = trip(breaker, SECOND, 600.0)

@@ -32,12 +32,6 @@ from tests.util import wait_until
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerThread]:
-    with ServerThread(tmp_path / "run") as running:
-        yield running
-
-
-@pytest.fixture
 def client(server: ServerThread) -> Iterator[Client]:
     with Client(server.endpoint) as connected:
         yield connected

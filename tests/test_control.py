@@ -35,17 +35,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
-    return tmp_path / "run"
-
-
-@pytest.fixture
-def server(run_dir: Path) -> Iterator[ServerThread]:
-    with ServerThread(run_dir) as running:
-        yield running
-
-
-@pytest.fixture
 def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     yield ctx

@@ -26,12 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 CTL = [sys.executable, "-m", "clawsup.client.ctl"]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerThread]:
-    with ServerThread(tmp_path / "run") as running:
-        yield running
-
-
 def ctl(
     *args: str, env: dict[str, str] | None = None, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:

@@ -22,8 +22,8 @@ import pytest
 
 from clawsup.client import Client, CommandFailed
 from clawsup.protocol import LogLine
-from clawsup.supervisor.daemon import MAX_LINE
 from clawsup.supervisor.logbuffer import LogBuffer, line_cost, rotate
+from clawsup.supervisor.relay import MAX_LINE
 from tests.util import REPO, Clawsup, python_program, wait_until, write_config
 
 CTL = [sys.executable, "-m", "clawsup.client.ctl"]

@@ -46,15 +46,13 @@ WARM_UP = 1100
 RESTART_STORM = r"""
 import asyncio, gc, logging, sys, tracemalloc
 from clawsup.supervisor.config import load_config
-from clawsup.supervisor.daemon import Supervisor
-from clawsup.supervisor.service import Service
+from clawsup.supervisor.main import build
 
 warm_up, restarts = int(sys.argv[2]), int(sys.argv[3])
 logging.basicConfig(level=logging.ERROR)
 
 async def main():
-    supervisor = Supervisor(load_config(sys.argv[1]), [sys.argv[1]])
-    supervisor.components.append(Service(supervisor))
+    supervisor = build(load_config(sys.argv[1]), [sys.argv[1]])
     run = asyncio.create_task(supervisor.run())
     while "gw" not in supervisor.programs:
         await asyncio.sleep(0.01)

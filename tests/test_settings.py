@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import json5
@@ -427,7 +426,6 @@ def test_overrides_round_trip(tmp_path: Path):
     overrides = Overrides(
         model=Override(value="openai/gpt-5.2", replaced="anthropic/claude-opus-4-5"),
         timezone=Override(value="Asia/Tokyo", replaced=None),
-        updated_at=datetime(2025, 1, 31, 12, 0, tzinfo=UTC),
     )
     path = save_overrides(state_dir, overrides)
     assert path == state_dir / "overrides.json"
@@ -435,6 +433,17 @@ def test_overrides_round_trip(tmp_path: Path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_overrides(state_dir) == overrides
     assert os.listdir(state_dir) == ["overrides.json"]
+
+
+def test_an_overrides_file_with_the_old_updated_at_still_loads(tmp_path: Path):
+    # Files written before updated_at was dropped carry it; it is ignored.
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "overrides.json").write_text(json.dumps(
+        {"model": {"value": "openai/gpt-5.2", "replaced": None},
+         "updated_at": "2025-01-31T12:00:00Z"}))
+    assert load_overrides(state_dir) == Overrides(
+        model=Override(value="openai/gpt-5.2", replaced=None))
 
 
 def test_no_overrides_file_means_no_overrides(tmp_path: Path):

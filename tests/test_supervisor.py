@@ -14,7 +14,16 @@ import pytest
 
 from clawsup.client import Client, Unreachable
 from clawsup.protocol import ProgramStatus
-from tests.util import Clawsup, image_stand_in, python_program, wait_until, write_config, zombies_under
+from tests.util import (
+    Clawsup,
+    image_stand_in,
+    incidents,
+    python_program,
+    wait_incident,
+    wait_until,
+    write_config,
+    zombies_under,
+)
 
 FAST = """
 start_seconds = "100ms"
@@ -173,7 +182,8 @@ def test_command_that_cannot_be_started_is_reported_and_crash_loops_to_fatal(
     clawsup.wait_log("side | side up")
     # The crash loop trips; with exit_on_fatal (the default) clawsup exits non-zero.
     assert clawsup.wait(20) == 1
-    assert "crash loop" in clawsup.log()
+    assert [event["program"] for event in incidents(tmp_path, "crash_loop")] == ["gw"]
+    assert [event["program"] for event in incidents(tmp_path, "fatal")] == ["gw"]
 
 
 def test_fatal_main_without_exit_on_fatal_keeps_supervising(run_clawsup, tmp_path: Path) -> None:
@@ -184,7 +194,7 @@ def test_fatal_main_without_exit_on_fatal_keeps_supervising(run_clawsup, tmp_pat
         + 'crash_loop = { max_restarts = 1, window = "60s", cooldown = "60s" }\n' + side,
         supervisor="exit_on_fatal = false",
     )
-    clawsup.wait_log("is in a crash loop")
+    assert wait_incident(tmp_path, "crash_loop")["program"] == "gw"
     clawsup.wait_log("side | side up")
     assert clawsup.proc.poll() is None, "clawsup keeps running with a FATAL main program"
     clawsup.signal(signal.SIGTERM)
@@ -535,11 +545,12 @@ def test_hang_settings_changed_by_a_reload_take_effect(run_clawsup, tmp_path: Pa
     on = '[programs.gw.hang]\nsample_interval = "100ms"\nzombie_children_max = 5\n'
     clawsup = run_clawsup(program(code) + off)
     clawsup.wait_log("gw | leaked")
-    assert "leaks zombies" not in clawsup.log()
+    assert incidents(tmp_path, "zombie_leak") == []
     config = tmp_path / "clawsup.toml"
     config.write_text(config.read_text().replace(off, on))
     clawsup.signal(signal.SIGHUP)
-    clawsup.wait_log("gw leaks zombies (8 > 5), restarting", timeout=30)
+    leak = wait_incident(tmp_path, "zombie_leak", timeout=30)
+    assert (leak["program"], leak["data"]["zombies"]) == ("gw", 8)
 
 
 HTTP_SERVER = """
@@ -579,10 +590,11 @@ failures = 2
     clawsup = run_clawsup(program(code) + extra)
     wait_state(tmp_path, "RUNNING", 10)
     wedge.touch()
-    clawsup.wait_log("liveness probes", timeout=20)
+    failed = wait_incident(tmp_path, "liveness_failed", timeout=20)
     wedge.unlink()
     clawsup.wait_log("gw | serving", count=2, timeout=20)
-    assert "no HTTP response from" in clawsup.log()
+    assert failed["program"] == "gw"
+    assert str(failed["data"]["detail"]).startswith("no HTTP response from")
 
 
 TCP_SERVER = """
@@ -779,7 +791,7 @@ def test_run_starts_with_initial_delay_and_warns_about_it(run_clawsup) -> None:
     assert "programs.gw.liveness.initial_delay is deprecated and has no effect" in clawsup.log()
 
 
-def test_crash_loop_backs_off_exponentially_then_goes_fatal(run_clawsup) -> None:
+def test_crash_loop_backs_off_exponentially_then_goes_fatal(run_clawsup, tmp_path: Path) -> None:
     import re
 
     body = program("raise SystemExit(1)").replace(
@@ -792,8 +804,9 @@ def test_crash_loop_backs_off_exponentially_then_goes_fatal(run_clawsup) -> None
     log = clawsup.log()
     delays = [float(d) for d in re.findall(r"crashed, restarting in ([0-9.]+)s", log)]
     assert delays == [0.1, 0.2, 0.4, 0.8]
-    assert "RUNNING -> FATAL (crash loop: 4 restarts within 30s" in log or \
-        "STARTING -> FATAL (crash loop: 4 restarts within 30s" in log
+    [crash_loop] = incidents(tmp_path, "crash_loop")
+    assert (crash_loop["program"], crash_loop["data"]["cooldown"]) == ("gw", 60.0)
+    assert [event["program"] for event in incidents(tmp_path, "fatal")] == ["gw"]
 
 
 def test_programs_stop_in_reverse_order(run_clawsup, tmp_path: Path) -> None:

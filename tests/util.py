@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psutil
 
@@ -185,3 +185,20 @@ def image_stand_in(directory: Path) -> Path:
 def python_program(code: str) -> str:
     """A TOML command array running ``code`` with this interpreter."""
     return json.dumps([sys.executable, "-c", code])
+
+
+def incidents(directory: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The events the incident log of a ``write_config(directory, ...)`` clawsup holds
+    (of ``kind`` only, when given): what to assert on rather than the log's wording."""
+    path = directory / "state" / "incidents.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    found = [json.loads(line) for line in lines]
+    return [event for event in found if kind is None or event["kind"] == kind]
+
+
+def wait_incident(directory: Path, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The first incident of ``kind``, once the incident log has one."""
+    return wait_until(lambda: incidents(directory, kind), timeout, what=f"a {kind} incident")[0]

@@ -14,9 +14,8 @@ States::
     half_open ---(one failure)-------------> open          cooldown doubled, up to max_cooldown
     half_open ---(success)-----------------> closed        cooldown back to its base
 
-*Success in half-open* is either an explicit ``record_success(now)`` (the loop saw the
-primary complete work, e.g. a message finished) or the primary going a whole probe period
-without a failure, noticed by ``tick``. The probe period defaults to the breaker's
+*Success in half-open* is the primary going a whole probe period without a failure,
+noticed by ``tick``. The probe period defaults to the breaker's
 ``window``: a model that ran a full window without failing could not have tripped the
 breaker during it. A single failure in half-open reopens: the primary is on probation.
 
@@ -111,14 +110,6 @@ class ModelBreaker:
     def active_model(self) -> str | None:
         return self._chain[self._index] if self._chain else None
 
-    def next_deadline(self) -> float | None:
-        """When ``tick`` next has something to do (clock time), or None."""
-        if self._state is BreakerState.OPEN:
-            return self._open_until
-        if self._state is BreakerState.HALF_OPEN:
-            return self._probe_until
-        return None
-
     def status(self, now: float | None = None) -> BreakerStatus:
         """The wire form; with ``now``, failures older than the window are not counted."""
         if now is not None:
@@ -148,12 +139,6 @@ class ModelBreaker:
         if self._state is BreakerState.CLOSED:
             return self._open(now)
         return self._next_fallback()
-
-    def record_success(self, now: float) -> Decision | None:
-        """The active model completed work; closes a half-open breaker."""
-        if self._state is not BreakerState.HALF_OPEN:
-            return None
-        return self._close("the primary model completed work on probation")
 
     def tick(self, now: float) -> Decision | None:
         """Timers: the cooldown of an open breaker, the probe period of a half-open one.

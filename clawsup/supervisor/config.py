@@ -203,7 +203,7 @@ class Liveness(_Section, frozen=True):
     period: Duration = Duration(30.0)
     timeout: Duration = Duration(5.0)
     failures: int = 3
-    # While STARTING the probe is tried often (daemon.py); the first success is what makes
+    # While STARTING the probe is tried often (watch.py); the first success is what makes
     # the program RUNNING. None within start_timeout is a failed start.
     start_timeout: Duration = Duration(120.0)
     # Deprecated, without effect: probes used to wait this long after RUNNING. The probe

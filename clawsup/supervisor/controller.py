@@ -129,14 +129,15 @@ def _start_settles_within(config: ProgramConfig) -> float:
 
 
 class Controller:
-    def __init__(self, supervisor: Supervisor, incidents: IncidentLog | None = None) -> None:
+    def __init__(self, supervisor: Supervisor, incidents: IncidentLog | None,
+                 locks_held: LocksHeld) -> None:
         self.supervisor = supervisor
         self.incidents = incidents
         self.breaker: ModelBreaker | None = None
         self._model_cache: tuple[float, str | None, str | None] | None = None
         self._restart_flag: RestartFlag | None = None
         self._ops: OpsInbox | None = None
-        self.locks_held: LocksHeld = lambda program, refresh: []
+        self.locks_held = locks_held
         self._idle_waits: list[_IdleWait] = []
         self.configure(supervisor.config)
 
@@ -593,7 +594,6 @@ class Controller:
             model=current.model if model is None else settings.remembered(current.model, model),
             timezone=(current.timezone if timezone is None
                       else settings.remembered(current.timezone, timezone)),
-            updated_at=None,
         )
         self._save_overrides(updated)
 

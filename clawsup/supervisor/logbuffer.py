@@ -1,6 +1,6 @@
 """What each program printed: a bounded buffer in memory, and optionally rotated files.
 
-The output relay (daemon.py) hands every complete line here after writing it to the
+The output relay (relay.py) hands every complete line here after writing it to the
 container log. Per program, ``ProgramOutput`` keeps the newest lines in a ``LogBuffer``
 whose bound is in bytes of memory, not lines: each line is charged what it takes in
 Python (its str, and ``LINE_OVERHEAD`` for the record around it), so neither a program

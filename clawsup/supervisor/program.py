@@ -174,7 +174,7 @@ def describe_status(status: int) -> tuple[int | None, str | None]:
 
 
 # eq=False: a Program is equal only to itself, and hashable, so that what the loop keeps
-# per program (its watch, daemon.py) is keyed on the object: a reload may remove a name
+# per program (its watch, watch.py) is keyed on the object: a reload may remove a name
 # and add it again while the old program is still stopping.
 @dataclass(eq=False)
 class Program:
@@ -185,7 +185,6 @@ class Program:
     effects: Effects
     clock: Clock
     state: State = State.STOPPED
-    state_since: float = 0.0
     restarts: int = 0
     last_exit: LastExit | None = None
     unkillable: bool = False
@@ -563,7 +562,6 @@ class Program:
         if allowed is None or new not in allowed:
             raise AssertionError(f"illegal transition {old.value} -> {new.value} on {trigger.value}")
         self.state = new
-        self.state_since = self.clock.monotonic()
         change = f"still {new.value}" if old is new else f"{old.value} -> {new.value}"
         self.effects.publish(
             self, StateChanged(old=old.value, to=new.value, trigger=trigger.value, reason=reason),

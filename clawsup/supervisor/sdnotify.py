@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import socket
-import time
 from collections.abc import MutableMapping
 
 log = logging.getLogger(__name__)
@@ -111,11 +110,6 @@ class Notifier:
         if self.watchdog_interval() is None:
             return False
         return self.notify("WATCHDOG=1")
-
-    def reloading(self) -> bool:
-        """A config reload begins (``Type=notify-reload`` wants the monotonic time too)."""
-        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     def stopping(self, status: str | None = None) -> bool:
         if status is None:

@@ -125,18 +125,13 @@ class Service:
         except OSError as error:
             raise ComponentError(f"cannot create state_dir {state_dir}: {error.strerror}") from None
         self.incidents = IncidentLog(state_dir / "incidents.jsonl")
-        supervisor.sinks.append(self.incidents.observe)
         if self.config.metrics is not None:
             failure = self._start_metrics(self.config.metrics)
             if failure is not None:
                 raise ComponentError(failure)
         if self.config.alerts is not None:
             await self._start_alerts(self.config.alerts)
-        # One sink for both: a reload may start, stop or replace either.
-        supervisor.sinks.append(self._to_metrics_and_alerts)
-        self.controller = Controller(supervisor, self.incidents)
-        self.controller.locks_held = self._locks_held
-        supervisor.sinks.append(self._on_event)
+        self.controller = Controller(supervisor, self.incidents, locks_held=self._locks_held)
         await self._start_control()
         self._start_janitor()
         self.controller.apply_overrides()
@@ -175,11 +170,27 @@ class Service:
         self.alerter = Alerter(config)
         await self.alerter.start()
 
-    def _to_metrics_and_alerts(self, event: Event) -> None:
+    def deliver(self, event: Event) -> None:
+        """Every event (``Supervisor.emit``) to every sink, in this order: the incident
+        log, metrics, alerts, what the service itself does with it, the control socket's
+        event stream. A sink that fails is logged; the others still get the event."""
+        sinks: list[Callable[[Event], None]] = []
+        if self.incidents is not None:
+            sinks.append(self.incidents.observe)
+        # Looked up at each event: a reload may start, stop or replace either.
         if self.metrics is not None:
-            self.metrics.observe(event)
+            sinks.append(self.metrics.observe)
         if self.alerter is not None:
-            self.alerter.submit(event)
+            sinks.append(self.alerter.submit)
+        if self.controller is not None:
+            sinks.append(self._on_event)
+        if self.control is not None:
+            sinks.append(self.control.publish)
+        for sink in sinks:
+            try:
+                sink(event)
+            except Exception:
+                log.exception("event sink %r failed", sink)
 
     async def _start_control(self) -> None:
         assert self.controller is not None
@@ -198,7 +209,6 @@ class Service:
         except (ControlServerError, OSError) as error:
             self.control = None
             raise ComponentError(f"cannot open the control socket: {error}") from None
-        self.supervisor.sinks.append(self.control.publish)
         log.info("control socket at %s", self.control.control_endpoint)
         # Where clawsupctl finds this supervisor, for the programs' own commands (the
         # clawsup skill the agent runs through its exec tool). A program's configured
@@ -208,8 +218,6 @@ class Service:
     def _start_janitor(self) -> None:
         self._open_janitor(self.config.janitor)
         assert self.janitor is not None
-        self.supervisor.exit_hooks.append(self._program_exited)
-        self.supervisor.reload_hooks.append(self._reconfigure)
         # Locks left by a gateway that died with the previous container: no process of
         # ours owns anything yet, so a lock whose PID now belongs to a younger process
         # (PID reuse) or to no process goes now, before the new gateway starts.
@@ -257,7 +265,7 @@ class Service:
             self._look_timer.cancel()
             self._look_timer = None
 
-    def _reconfigure(self, old: Config, plan: ReloadPlan) -> dict[str, str]:
+    def reconfigure(self, old: Config, plan: ReloadPlan) -> dict[str, str]:
         """After a successful reload: apply what the plan says of the sections around the
         programs (the supervisor applied the programs). Returns section -> why applying
         its change failed."""
@@ -347,7 +355,7 @@ class Service:
         return {
             pid: program.name
             for program in self.supervisor.programs.values()
-            for pid in self.supervisor.processes(program)
+            for pid in self.supervisor.reaper.processes(program)
         }
 
     def _locks_held(self, program: Program, refresh: bool) -> list[str]:
@@ -360,7 +368,9 @@ class Service:
         self._handle(report)
         return [str(lock.path) for lock in report.held if lock.program == program.name]
 
-    def _program_exited(self, program: Program, pids: set[int]) -> None:
+    def program_exited(self, program: Program, pids: set[int]) -> None:
+        """Its process and tree are gone (``Supervisor.program_exited``): its locks go
+        before it can start again."""
         if self.janitor is not None:
             self._handle(self.janitor.program_exited(program.name, pids, self.owners()))
 
@@ -475,14 +485,3 @@ class Service:
                 )
         if self.metrics is not None:
             self.metrics.update_programs(self.supervisor.statuses())
-
-
-async def _serve(config: Config, config_paths: list[str]) -> int:
-    supervisor = Supervisor(config, config_paths)
-    service = Service(supervisor)
-    supervisor.components.append(service)
-    return await supervisor.run()
-
-
-def run_service(config: Config, config_paths: list[str]) -> int:
-    return asyncio.run(_serve(config, config_paths))

@@ -45,7 +45,6 @@ import os
 import re
 import stat
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +113,6 @@ class Overrides(msgspec.Struct, frozen=True, kw_only=True):
 
     model: Override | str | None = None
     timezone: Override | str | None = None
-    updated_at: datetime | None = None
 
 
 # --- validation -----------------------------------------------------------------------
@@ -531,8 +529,7 @@ def apply_overrides(config_file: GatewayConfigFile, overrides: Overrides) -> Rea
             wanted[key] = validate(value)
         except SettingError as error:
             log.warning("not re-applying the remembered %s: %s", name, error)
-    kept_overrides = Overrides(model=kept["model"], timezone=kept["timezone"],
-                               updated_at=overrides.updated_at)
+    kept_overrides = Overrides(model=kept["model"], timezone=kept["timezone"])
     if not wanted:
         return Reapplied(changes=[], dropped=dropped, kept=kept_overrides)
     old = write_settings(path, wanted)
