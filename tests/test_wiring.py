@@ -25,11 +25,12 @@ from typing import Any
 import pytest
 
 from clawsup.protocol import ProgramReply, Signal
+from clawsup.supervisor import kinds
 from clawsup.supervisor.config import ProgramConfig, load_config
 from clawsup.supervisor.daemon import Supervisor, SystemClock
+from clawsup.supervisor.libc import PR_SET_CHILD_SUBREAPER
 from clawsup.supervisor.main import build
 from clawsup.supervisor.program import Program, State
-from clawsup.supervisor.reaper import PR_SET_CHILD_SUBREAPER
 from clawsup.supervisor.spawn import Spawned, spawn
 from tests.test_every_event import Subscriber, Webhook
 from tests.test_reload import GW
@@ -383,6 +384,6 @@ url = "{webhook.url}"
 def _subscribed(supervisor: Supervisor, subscriber: Subscriber) -> bool:
     """A SUB socket misses what is published before its subscription arrives: publish
     a routine event until the subscriber has one."""
-    supervisor.emit("log", "gw", "probe", {"seq": 0, "ts": 0.0, "stream": "stdout",
-                                           "pid": 0, "lines": []}, logged=True)
+    supervisor.emit(kinds.Log(seq=0, ts=0.0, stream="stdout", pid=0, lines=[]), "gw", "probe",
+                    logged=True)
     return any(event["kind"] == "log" for event in list(subscriber.events))
