@@ -99,3 +99,21 @@ def test_an_inbox_created_later_is_watched_from_then_on(clawsup: Clawsup, tmp_pa
     (inbox / "r.json").write_text('{"action": "restart"}')
     wait_until((inbox / "done" / "r.json.result.json").exists, 5, what="request done")
     assert loop_wakeups(clawsup.supervisor_pid, WINDOW) <= IDLE_MOST
+
+
+def inotify_instances(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd) == "anon_inode:inotify")
+
+
+def test_the_janitor_and_the_flag_watch_share_one_inotify_instance(
+    clawsup: Clawsup, tmp_path: Path
+):
+    """One instance, one reader on the loop: the janitor (session directories) and
+    FileWatch (restart flag, ops inbox) are two watchers of one dispatcher. Each still
+    gets its own events: the flag here, a new lock in the first test of this module."""
+    assert inotify_instances(clawsup.supervisor_pid) == 1
+    (tmp_path / "home" / "restart.flag").write_text("shared instance")
+    clawsup.wait_log("restart flag: shared instance: restarting gw", timeout=5)
+    assert inotify_instances(clawsup.supervisor_pid) == 1
+    assert loop_wakeups(clawsup.supervisor_pid, WINDOW) <= IDLE_MOST

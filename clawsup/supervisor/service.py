@@ -30,6 +30,7 @@ from clawsup.supervisor.controller import Controller
 from clawsup.supervisor.daemon import ComponentError, Supervisor
 from clawsup.supervisor.filewatch import FileWatch
 from clawsup.supervisor.incidents import IncidentLog
+from clawsup.supervisor.inotify import Dispatcher
 from clawsup.supervisor.janitor import Janitor, SweepReport
 from clawsup.supervisor.kinds import ExitCause, Exited, RestartReason, StateChanged, payload_of
 from clawsup.supervisor.message_timeout import MessageTimeoutWatch
@@ -105,6 +106,8 @@ class Service:
         self._timers: list[_Every] = []
         self._janitor_tick_timer: _Every | None = None
         self.files: FileWatch | None = None
+        # One inotify instance for the janitor and FileWatch (inotify.py's Dispatcher).
+        self._inotify: Dispatcher | None = None
         self._message_timeout = MessageTimeoutWatch()
         self._look_timer: asyncio.TimerHandle | None = None
         self._ready_sent = False
@@ -225,18 +228,21 @@ class Service:
 
     def _open_janitor(self, config: JanitorConfig) -> None:
         loop = asyncio.get_running_loop()
-        self.janitor = Janitor(config)
+        try:
+            self._inotify = Dispatcher()
+        except OSError:
+            # No instance to be had (fs.inotify.max_user_instances): each of the two tries
+            # its own, says so, and polls.
+            self._inotify = None
+        self.janitor = Janitor(config, watches=self._inotify)
         self._refresh_message_timeout(force=True)
-        fd = self.janitor.fileno()
-        if fd is not None:
-            loop.add_reader(fd, self._janitor_events)
         self.files = FileWatch(
             expand_path(config.restart_flag) if config.restart_flag else None,
             expand_path(config.ops_requests) if config.ops_requests else None,
+            watches=self._inotify,
         )
-        fd = self.files.fileno()
-        if fd is not None:
-            loop.add_reader(fd, self._file_events)
+        if self._inotify is not None:
+            loop.add_reader(self._inotify.fileno(), self._inotify_events)
 
     def _refresh_message_timeout(self, *, force: bool = False) -> None:
         """The explicit message_timeout, else the gateway's turn timeout + a margin, read
@@ -253,14 +259,14 @@ class Service:
             self.janitor.message_timeout = current.seconds
 
     def _close_janitor(self) -> None:
-        loop = asyncio.get_running_loop()
+        if self._inotify is not None:
+            asyncio.get_running_loop().remove_reader(self._inotify.fileno())
         for watcher in (self.janitor, self.files):
-            if watcher is None:
-                continue
-            fd = watcher.fileno()
-            if fd is not None:
-                loop.remove_reader(fd)
-            watcher.close()
+            if watcher is not None:
+                watcher.close()  # leaves the shared instance, its watches removed
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
         if self._look_timer is not None:
             self._look_timer.cancel()
             self._look_timer = None
@@ -397,15 +403,15 @@ class Service:
             return interval
         return max(interval, quiet_until - time.time())
 
-    def _janitor_events(self) -> None:
+    def _inotify_events(self) -> None:
+        """The shared instance is readable. The janitor's dispatch drains it and hands
+        FileWatch its events too, which FileWatch keeps for its own on_readable()."""
         assert self.janitor is not None
-        self.janitor.on_readable()
-        # Not at once: a gateway appends to transcripts all the time, and the sweep
-        # batches what changed over an interval, as it always did.
-        self._tick_within_an_interval()
-
-    def _file_events(self) -> None:
         assert self.files is not None
+        if self.janitor.on_readable():
+            # Not at once: a gateway appends to transcripts all the time, and the sweep
+            # batches what changed over an interval, as it always did.
+            self._tick_within_an_interval()
         if self.files.on_readable():
             # Not at once: the event may be the creation of a flag whose reason is not
             # written yet (``echo reason > restart.flag`` creates, then writes).

@@ -125,9 +125,10 @@ class Janitor:
         """The session directories currently swept."""
         return sorted(directory.path for directory in self._dirs)
 
-    def on_readable(self) -> None:
-        """Drain inotify: note which names changed. Cheap; the work waits for the sweep."""
-        self._dirs.dispatch()
+    def on_readable(self) -> bool:
+        """Drain inotify: note which names changed. Cheap; the work waits for the sweep.
+        True when one of the events was the janitor's."""
+        return self._dirs.dispatch()
 
     def sweep(self, owners: Mapping[int, str] | None = None, *, refresh: bool = False) -> SweepReport:
         """One interval's work. ``owners``: pid -> program name of our live programs, used

@@ -185,10 +185,15 @@ class DirectorySet:
     def fileno(self) -> int | None:
         return self._watcher.fileno() if self._watcher is not None else None
 
-    def dispatch(self) -> None:
-        """Drain inotify: note which names changed. Cheap; the work waits for the sweep."""
-        if self._watcher is not None:
-            self._watcher.dispatch()
+    def dispatch(self) -> bool:
+        """Drain inotify: note which names changed. Cheap; the work waits for the sweep.
+        True when an event was about the janitor's own watches (on a shared dispatcher,
+        the readiness may have been another watcher's)."""
+        if self._watcher is None:
+            return False
+        before = self._stats.inotify_events
+        self._watcher.dispatch()
+        return self._stats.inotify_events != before
 
     def _on_events(self, events: Sequence[inotify.InotifyEvent]) -> None:
         self._stats.inotify_events += len(events)
