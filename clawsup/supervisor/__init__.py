@@ -22,8 +22,9 @@ The loop around them (read main.py first: it builds and wires the others)
     spawn.py        Starting one process: own process group, clean signal state, pipes.
     watch.py        Per ``Program`` object: the hang sampler's judgement (D state, stuck
                     threads, zombies) and the liveness/readiness probes.
-    sampler.py      The sampler thread that reads /proc (procinfo.py); judged in watch.py
-                    by the thresholds in hang.py. probes.py: the http and tcp probes.
+    sampler.py      The sampler thread that reads /proc (procinfo.py, usage.py); judged
+                    in watch.py by the thresholds in hang.py and resources.py (RSS and
+                    CPU limits). probes.py: the http and tcp probes.
     relay.py        Programs' output to the container log, to logbuffer.py, as events.
     reload.py       A reload as a pure plan, section by section.
 
@@ -36,9 +37,15 @@ Around the programs for the whole run (service.py starts and closes them)
     control.py      The ZeroMQ control and event sockets.
     kinds.py        The catalogue of event kinds; incidents.py, metrics.py, alerts.py
                     are the sinks.
-    janitor.py      Orphaned session locks and old transcripts (locks.py, inotify.py,
-                    filewatch.py, message_timeout.py).
+    janitor/        Orphaned session locks and old transcripts: the directory set, the
+                    session index, the pure policy, the sweep (core.py); locks.py,
+                    message_timeout.py. inotify.py's one dispatcher serves it and
+                    filewatch.py (the restart flag, the ops inbox).
     breaker.py      The model circuit breaker: pure. idle_restart.py: restart when idle.
     settings.py     The gateway's own settings (model, time zone), json5edit.py, and
                     opsfiles.py (the old watchdog's files); firstrun.py before the start.
+
+Shared helpers
+    procinfo.py     The one reader of /proc/PID/stat. libc.py: the one libc binding.
+                    fileops.py: atomic writes, small reads, renames without replacing.
 """

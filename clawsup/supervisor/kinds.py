@@ -149,7 +149,7 @@ class Unkillable(Payload, frozen=True):
     pid: int | None
 
 
-# -- what the samplers and probes found (daemon.py, hang.py) ---------------------------------
+# -- what the samplers and probes found (watch.py, hang.py, resources.py) --------------------
 
 
 class Hung(Payload, frozen=True):
@@ -220,7 +220,7 @@ class Reaped(Payload, frozen=True):
     count: int
 
 
-# -- program output (daemon.py, logbuffer.py): what `clawsupctl logs -f` follows -------------
+# -- program output (relay.py, logbuffer.py): what `clawsupctl logs -f` follows --------------
 
 
 class Log(Payload, frozen=True):
@@ -235,7 +235,7 @@ class Log(Payload, frozen=True):
     lines: list[str]
 
 
-# -- the janitor (janitor.py) -----------------------------------------------------------------
+# -- the janitor (janitor/) --------------------------------------------------------------------
 
 
 class OrphanLock(Payload, frozen=True):
