@@ -189,10 +189,15 @@ class EventRecorder(threading.Thread):
         return [event for event in list(self.events) if event["kind"] == kind]
 
     def stop(self) -> None:
+        """Also for a recorder never started (the run failed before it could start):
+        left open, its context is terminated by the garbage collector in whatever test
+        runs then, and zmq_ctx_term blocks that test for good."""
         self._done.set()
-        self.join(5)
-        self._socket.close()
-        self._context.term()
+        if self.is_alive():
+            self.join(5)
+        if not self._context.closed:
+            self._socket.close(linger=0)
+            self._context.term()
 
 
 class RealRun:
@@ -431,8 +436,7 @@ NO_COLOR = "1"
         for process in self.leftovers():
             with contextlib.suppress(psutil.Error):
                 process.kill()
-        if self.events.is_alive():
-            self.events.stop()
+        self.events.stop()
         # Nothing of this run may hold the port for the next one.
         wait_until(lambda: not port_in_use(GATEWAY_PORT), 30,
                    what=f"port {GATEWAY_PORT} free after the run")
