@@ -292,7 +292,7 @@ class Supervisor:
                       message=message, data=kinds.as_data(payload))
         if not logged:
             log.log(logging.INFO if payload.routine else logging.WARNING, "%s", message)
-        self.service.deliver(event)
+        self.service.deliver(event, payload)
 
     def transitioned(self, program: Program, old: State, new: State) -> None:
         if new is State.FATAL and program.config.main and self.config.supervisor.exit_on_fatal:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import msgspec
 
-from clawsup.protocol import Event, Incident, IncidentsReply
-from clawsup.supervisor.kinds import INCIDENT_KINDS, ExitCause, Exited, payload_of
+from clawsup.protocol import Event, EventKind, Incident, IncidentsReply
+from clawsup.supervisor.kinds import INCIDENT_KINDS, ExitCause, Exited, Payload, payload_of
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,14 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Incident)
 
 
-def is_incident(event: Event) -> bool:
+def is_incident(event: Event, payload: Payload | None = None) -> bool:
     """A recovery worth counting. An exit is one only when the program crashed: exits
     that clawsup caused (a hang, a liveness failure... ) have their own incident, and
     those an operator asked for (restart, restart.flag, ops requests) are none."""
-    payload = payload_of(event)
+    if event.kind != EventKind.EXITED:
+        return event.kind in INCIDENT_KINDS
+    if payload is None:
+        payload = payload_of(event)
     if isinstance(payload, Exited):
         return payload.cause is ExitCause.CRASHED
     return event.kind in INCIDENT_KINDS
@@ -74,9 +77,10 @@ class IncidentLog:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def observe(self, event: Event) -> None:
-        """Event sink: append the event when it is an incident. Never raises OSError."""
-        if not is_incident(event):
+    def observe(self, event: Event, payload: Payload | None = None) -> None:
+        """Event sink: append the event when it is an incident. Never raises OSError.
+        ``payload``: the event's, when the caller has it (else read back when needed)."""
+        if not is_incident(event, payload):
             return
         line = _encoder.encode(
             Incident(

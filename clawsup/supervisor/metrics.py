@@ -35,6 +35,7 @@ from clawsup.supervisor.kinds import (
     LivenessFailed,
     MessageTimeout,
     OrphanLock,
+    Payload,
     Reaped,
     ResourceLimit,
     Restarted,
@@ -172,12 +173,14 @@ class Metrics:
 
     # -- feeding ---------------------------------------------------------------------------
 
-    def observe(self, event: Event) -> None:
+    def observe(self, event: Event, payload: Payload | None = None) -> None:
         """Event sink: move the counters. Labels come from the payload's enums and
         programs' names only: a client's free text never makes a time series."""
         program = event.program or ""
         self.events.labels(kind=event.kind).inc()
-        match payload_of(event):
+        # The producer's payload when the supervisor delivers it; read back from the data
+        # for an event built elsewhere.
+        match payload if payload is not None else payload_of(event):
             case Restarted(reason=reason):
                 self.restarts.labels(program=program, reason=reason.value).inc()
             case Exited(cause=cause):

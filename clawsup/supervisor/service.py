@@ -12,6 +12,7 @@ before the gateway sees them), closed after they stopped:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -32,7 +33,7 @@ from clawsup.supervisor.filewatch import FileWatch
 from clawsup.supervisor.incidents import IncidentLog
 from clawsup.supervisor.inotify import Dispatcher
 from clawsup.supervisor.janitor import Janitor, SweepReport
-from clawsup.supervisor.kinds import ExitCause, Exited, RestartReason, StateChanged, payload_of
+from clawsup.supervisor.kinds import ExitCause, Exited, Payload, RestartReason, StateChanged
 from clawsup.supervisor.message_timeout import MessageTimeoutWatch
 from clawsup.supervisor.program import Program, State
 from clawsup.supervisor.reload import ReloadPlan
@@ -173,27 +174,30 @@ class Service:
         self.alerter = Alerter(config)
         await self.alerter.start()
 
-    def deliver(self, event: Event) -> None:
+    def deliver(self, event: Event, payload: Payload) -> None:
         """Every event (``Supervisor.emit``) to every sink, in this order: the incident
         log, metrics, alerts, what the service itself does with it, the control socket's
-        event stream. A sink that fails is logged; the others still get the event."""
-        sinks: list[Callable[[Event], None]] = []
+        event stream. A sink that fails is logged; the others still get the event.
+        ``payload`` is the event's data as the producer built it: the sinks that dispatch
+        on its type take it as it is, not read back from ``event.data`` each (a ``log``
+        event, one per read of a program's output, carries its lines)."""
+        sinks: list[functools.partial[None]] = []
         if self.incidents is not None:
-            sinks.append(self.incidents.observe)
+            sinks.append(functools.partial(self.incidents.observe, event, payload))
         # Looked up at each event: a reload may start, stop or replace either.
         if self.metrics is not None:
-            sinks.append(self.metrics.observe)
+            sinks.append(functools.partial(self.metrics.observe, event, payload))
         if self.alerter is not None:
-            sinks.append(self.alerter.submit)
+            sinks.append(functools.partial(self.alerter.submit, event))
         if self.controller is not None:
-            sinks.append(self._on_event)
+            sinks.append(functools.partial(self._on_event, event, payload))
         if self.control is not None:
-            sinks.append(self.control.publish)
+            sinks.append(functools.partial(self.control.publish, event))
         for sink in sinks:
             try:
-                sink(event)
+                sink()
             except Exception:
-                log.exception("event sink %r failed", sink)
+                log.exception("event sink %r failed", sink.func)
 
     async def _start_control(self) -> None:
         assert self.controller is not None
@@ -462,10 +466,9 @@ class Service:
 
     # -- events -----------------------------------------------------------------------------
 
-    def _on_event(self, event: Event) -> None:
+    def _on_event(self, event: Event, payload: Payload) -> None:
         supervisor = self.supervisor
         main = supervisor.main
-        payload = payload_of(event)
         if not isinstance(payload, (StateChanged, Exited)):
             return
         if event.program == main.name:
